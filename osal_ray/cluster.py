@@ -1,0 +1,31 @@
+"""Joining a Ray cluster, or starting an embedded one on a laptop."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from osal_ray.config import RayConfig
+
+
+def connect_ray(config: RayConfig) -> None:
+    """Join ``ray.address`` / ``RAY_ADDRESS`` (set by ``ray job submit``) or start Ray locally."""
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():
+        address = config.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(
+                num_cpus=config.num_cpus,
+                object_store_memory=config.object_store_memory_mb * 1024 * 1024,
+                include_dashboard=False,
+            )
+    # Our own progress lines replace Ray Data's bars and per-dataset INFO lines.
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    for name in ("ray.data", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)

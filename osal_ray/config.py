@@ -1,0 +1,256 @@
+"""The experiment configuration: typed dataclasses, YAML loading, ``--set`` overrides.
+
+Loading checks shapes and types (an unknown key or a wrong type names its dotted path);
+``osal_ray.validation`` checks meaning (names exist, ratios are possible) before Ray starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from osal_ray.errors import InputError
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, which classes are known, and how the open-set pool is built."""
+
+    dataset: str = "digits"
+    root: str | None = None
+    download: bool = False
+    verify_checksums: bool = True
+    protocol: str = "mismatch"
+    known_classes: int | list[int] | list[str] | None = field(default_factory=lambda: [3, 8])
+    mismatch_ratio: float | None = None
+    initial_fraction: float = 0.05
+    initial_size: int = 500
+    ood_ratio: float = 0.2
+    test_fraction: float = 0.3
+    train_fraction: float = 1.0
+    image_size: int = 32
+    class_names: list[str] | None = None
+    pool_files: int = 2
+
+
+@dataclass
+class ALConfig:
+    """The active-learning schedule: number of query rounds and labels bought per round."""
+
+    rounds: int = 5
+    budget: int = 20
+
+
+@dataclass
+class ModelConfig:
+    """Architectures from the model registry; ``kwargs`` go to their constructors."""
+
+    classifier: str = "mlp"
+    detector: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """How every network is trained each round (SGD with a step schedule, on Ray Train)."""
+
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_step: int = 20
+    lr_gamma: float = 0.5
+    augment: bool = False
+    reinit: bool = True
+    num_workers: int = 0
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    checkpoint_every: int = 0
+
+
+@dataclass
+class DetectorConfig:
+    """The K+1-way detector of LfOSA and JSOSAL (trained only when a strategy needs it)."""
+
+    temperature: float = 0.5
+    class_weights: str = "inverse_frequency"
+
+
+@dataclass
+class ScoringConfig:
+    """The Ray Data actor pool that scores the unlabeled pool each round."""
+
+    num_actors: int = 1
+    max_actors: int | None = None
+    cpus_per_actor: float = 0.5
+    gpus_per_actor: float = 0.0
+    batch_size: int = 512
+
+
+@dataclass
+class RayConfig:
+    """Where Ray runs: an address (or RAY_ADDRESS) joins a cluster, else Ray starts embedded."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    object_store_memory_mb: int = 512
+
+
+@dataclass
+class ExperimentConfig:
+    """A full experiment: every strategy x seed runs the same rounds on the same splits."""
+
+    name: str = "digits"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    strategies: list[str] = field(default_factory=lambda: ["random", "entropy", "coreset"])
+    strategy_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    output_dir: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    al: ALConfig = field(default_factory=ALConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def resolved_output_dir(self) -> Path:
+        """The output directory, ``outputs/<name>`` unless set."""
+        return Path(self.output_dir or f"outputs/{self.name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict of the whole configuration (what ``config.yaml`` holds)."""
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = read_yaml_mapping(Path(path), "--config")
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value)
+    return config_from_dict(raw)
+
+
+def read_yaml_mapping(path: Path, field_name: str) -> dict[str, Any]:
+    """Load a YAML file that must hold a mapping; errors name the file and the line."""
+    if not path.is_file():
+        raise InputError(field_name, f"no such file: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(field_name, f"{path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(field_name, f"{path} must hold a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``a.b=value``; the value is parsed as YAML (numbers, lists, null, booleans)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise InputError("--set", f"expected dotted.key=value, got {item!r}")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise InputError("--set", f"value of {key} is not valid YAML: {exc}") from None
+    return key, value
+
+
+def set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``target[a][b] = value`` for ``key == 'a.b'``, creating mappings on the way."""
+    parts = key.split(".")
+    node = target
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise InputError("--set", f"{'.'.join(parts[:depth + 1])} is not a section, cannot set {key}")
+        node = child
+    node[parts[-1]] = value
+
+
+def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
+    """Build an ExperimentConfig, refusing unknown keys and values of the wrong type."""
+    return _build(ExperimentConfig, raw, "")
+
+
+def _build(cls: type, raw: Any, path: str) -> Any:
+    if not isinstance(raw, dict):
+        raise InputError(path or "config", f"expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            raise InputError(dotted, f"unknown key; allowed here: {', '.join(names)}")
+        kwargs[key] = _coerce(hints[key], value, dotted)
+    return cls(**kwargs)
+
+
+def _coerce(annotation: Any, value: Any, path: str) -> Any:
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, path)
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, path)
+            except InputError:
+                continue
+        raise InputError(path, f"expected {_describe(annotation)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise InputError(path, f"expected a list, got {value!r}")
+        (item_type,) = typing.get_args(annotation)
+        return [_coerce(item_type, item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(path, f"expected a mapping, got {value!r}")
+        _, value_type = typing.get_args(annotation)
+        return {str(k): _coerce(value_type, v, f"{path}.{k}") for k, v in value.items()}
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise InputError(path, f"expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(path, f"expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(path, f"expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise InputError(path, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {annotation!r} at {path}")
+
+
+def _describe(annotation: Any) -> str:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return " or ".join(getattr(a, "__name__", None) or str(a) for a in args)
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    """The resolved configuration as YAML text."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,264 @@
+"""The dataset registry: real loaders that return uint8 images (N, H, W, C) and integer labels.
+
+Every loader reads the real on-disk format (scikit-learn's bundled digits, Fashion-MNIST IDX files,
+torchvision's CIFAR pickles, an ImageFolder tree). Nothing here downloads unless
+``data.download`` is true.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from osal_ray.config import DataConfig
+from osal_ray.data.idx import read_idx
+from osal_ray.errors import InputError
+from osal_ray.registry import Registry
+
+# Splits of datasets without an official test set are drawn with this seed, so that
+# sample ids and the test set do not change with the experiment seed.
+FIXED_SPLIT_SEED = 20240607
+
+FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+
+@dataclass(frozen=True)
+class ImageSplit:
+    """Images as uint8 (N, H, W, C) and their integer labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}")
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+
+@dataclass(frozen=True)
+class SourceDataset:
+    """A loaded dataset: train and test splits, class names and pixel normalisation."""
+
+    name: str
+    train: ImageSplit
+    test: ImageSplit
+    class_names: tuple[str, ...]
+    pixel_max: float
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and std of the training images, after scaling to [0, 1]."""
+        pixels = self.train.images.reshape(-1, self.train.images.shape[-1]).astype(np.float64) / self.pixel_max
+        std = np.maximum(pixels.std(axis=0), 1e-3)
+        return tuple(float(v) for v in pixels.mean(axis=0)), tuple(float(v) for v in std)
+
+
+DatasetLoader = Callable[[DataConfig], SourceDataset]
+DATASETS: Registry[DatasetLoader] = Registry("dataset")
+
+
+def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
+    """Register a loader ``fn(DataConfig) -> SourceDataset``; names are unique."""
+    return DATASETS.decorator(name)
+
+
+def load_dataset(config: DataConfig) -> SourceDataset:
+    """Load the dataset that ``config.dataset`` names."""
+    loader = DATASETS.get(config.dataset, "data.dataset")
+    dataset = loader(config)
+    if dataset.num_classes < 2:
+        raise InputError("data.dataset", f"{config.dataset} has {dataset.num_classes} class(es); need at least 2")
+    return dataset
+
+
+def split_fixed(images: np.ndarray, labels: np.ndarray, test_fraction: float) -> tuple[ImageSplit, ImageSplit]:
+    """A stratified train/test split that depends only on the data (ids stay stable)."""
+    rng = np.random.default_rng(FIXED_SPLIT_SEED)
+    test_mask = np.zeros(len(labels), dtype=bool)
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        n_test = int(round(len(members) * test_fraction))
+        test_mask[rng.choice(members, size=n_test, replace=False)] = True
+    return (
+        ImageSplit(images[~test_mask], labels[~test_mask]),
+        ImageSplit(images[test_mask], labels[test_mask]),
+    )
+
+
+@register_dataset("digits")
+def load_digits(config: DataConfig) -> SourceDataset:
+    """scikit-learn's 1,797 handwritten 8x8 digits (values 0..16), shipped with the library."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    images = bunch.images.astype(np.uint8)[..., None]
+    labels = bunch.target.astype(np.int64)
+    train, test = split_fixed(images, labels, config.test_fraction)
+    return SourceDataset("digits", train, test, tuple(str(c) for c in bunch.target_names), pixel_max=16.0)
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for candidate in (root / stem, root / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@register_dataset("fashion_mnist")
+def load_fashion_mnist(config: DataConfig) -> SourceDataset:
+    """Fashion-MNIST from its original IDX files (Debian's package layout or torchvision's)."""
+    root = Path(config.root or FASHION_MNIST_DEFAULT_ROOT)
+    stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    for folder in (root, root / "FashionMNIST" / "raw"):
+        found = [_find_idx(folder, stem) for stem in stems]
+        if all(found):
+            arrays = [read_idx(path) for path in found]  # type: ignore[arg-type]
+            return SourceDataset(
+                "fashion_mnist",
+                _idx_split(arrays[0], arrays[1], found[0], found[1]),  # type: ignore[arg-type]
+                _idx_split(arrays[2], arrays[3], found[2], found[3]),  # type: ignore[arg-type]
+                FASHION_MNIST_CLASSES,
+                pixel_max=255.0,
+            )
+    if config.download:
+        from torchvision.datasets import FashionMNIST
+
+        train = FashionMNIST(str(root), train=True, download=True)
+        test = FashionMNIST(str(root), train=False, download=True)
+        return SourceDataset(
+            "fashion_mnist",
+            ImageSplit(train.data.numpy()[..., None], train.targets.numpy().astype(np.int64)),
+            ImageSplit(test.data.numpy()[..., None], test.targets.numpy().astype(np.int64)),
+            FASHION_MNIST_CLASSES,
+            pixel_max=255.0,
+        )
+    raise InputError(
+        "data.root",
+        f"no Fashion-MNIST IDX files ({', '.join(stems)}, optionally .gz) in {root} or {root / 'FashionMNIST/raw'}; "
+        "install them with `apt-get install dataset-fashion-mnist` (puts them in "
+        f"{FASHION_MNIST_DEFAULT_ROOT}), point data.root at them, or set data.download: true",
+    )
+
+
+def _idx_split(images: np.ndarray, labels: np.ndarray, image_path: Path, label_path: Path) -> ImageSplit:
+    if images.ndim != 3:
+        raise InputError("data.root", f"{image_path}: expected a 3-d image array, got shape {images.shape}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise InputError(
+            "data.root", f"{label_path} holds {labels.shape} labels for {len(images)} images in {image_path}"
+        )
+    if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
+        raise InputError("data.root", f"{label_path}: label {labels.max()} is outside 0..9")
+    return ImageSplit(np.ascontiguousarray(images[..., None]), labels.astype(np.int64))
+
+
+def _cifar_loader(torchvision_class_name: str, name: str) -> DatasetLoader:
+    def load(config: DataConfig) -> SourceDataset:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, torchvision_class_name)
+        if config.root is None and not config.download:
+            raise InputError("data.root", f"{name} needs data.root (the folder holding {cls.base_folder}/) or data.download: true")
+        root = Path(config.root or "data")
+        if not config.verify_checksums:
+            cls = _without_checksums(cls)
+        if not config.download and not (root / cls.base_folder).is_dir():
+            raise InputError(
+                "data.root",
+                f"{root / cls.base_folder} does not exist; download {cls.url} and extract it into {root}, "
+                "or set data.download: true",
+            )
+        try:
+            train = cls(str(root), train=True, download=config.download)
+            test = cls(str(root), train=False, download=config.download)
+        except RuntimeError as exc:
+            raise InputError("data.root", f"{name} under {root}: {exc}") from None
+        return SourceDataset(
+            name,
+            ImageSplit(np.asarray(train.data, dtype=np.uint8), np.asarray(train.targets, dtype=np.int64)),
+            ImageSplit(np.asarray(test.data, dtype=np.uint8), np.asarray(test.targets, dtype=np.int64)),
+            tuple(train.classes),
+            pixel_max=255.0,
+        )
+
+    return load
+
+
+def _without_checksums(cls: type) -> type:
+    """The same torchvision loader with every md5 set to None (torchvision then checks existence only)."""
+    return type(
+        f"{cls.__name__}Unverified",
+        (cls,),
+        {
+            "train_list": [[filename, None] for filename, _ in cls.train_list],
+            "test_list": [[filename, None] for filename, _ in cls.test_list],
+            "meta": {**cls.meta, "md5": None},
+        },
+    )
+
+
+register_dataset("cifar10")(_cifar_loader("CIFAR10", "cifar10"))
+register_dataset("cifar100")(_cifar_loader("CIFAR100", "cifar100"))
+
+
+@register_dataset("image_folder")
+def load_image_folder(config: DataConfig) -> SourceDataset:
+    """A user's images in torchvision's ImageFolder layout, resized to ``data.image_size``.
+
+    ``root/train/<class>/*`` and ``root/test/<class>/*``; without a ``test`` folder, ``root``
+    itself holds the class folders and ``data.test_fraction`` of each class is held out.
+    """
+    if config.root is None:
+        raise InputError("data.root", "image_folder needs data.root, a folder of class sub-folders")
+    root = Path(config.root)
+    if not root.is_dir():
+        raise InputError("data.root", f"{root} is not a directory")
+    train_dir, test_dir = root / "train", root / "test"
+    if train_dir.is_dir() and test_dir.is_dir():
+        train_images, train_labels, classes = _read_image_folder(train_dir, config.image_size)
+        test_images, test_labels, test_classes = _read_image_folder(test_dir, config.image_size)
+        if test_classes != classes:
+            raise InputError("data.root", f"class folders differ between {train_dir} and {test_dir}")
+        train, test = ImageSplit(train_images, train_labels), ImageSplit(test_images, test_labels)
+    else:
+        images, labels, classes = _read_image_folder(root, config.image_size)
+        train, test = split_fixed(images, labels, config.test_fraction)
+    names = tuple(classes)
+    if config.class_names is not None:
+        if len(config.class_names) != len(classes):
+            raise InputError(
+                "data.class_names", f"{len(config.class_names)} names given for {len(classes)} class folders {classes}"
+            )
+        names = tuple(config.class_names)
+    return SourceDataset("image_folder", train, test, names, pixel_max=255.0)
+
+
+def _read_image_folder(folder: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import Resize
+
+    resize = Resize((size, size))
+    try:
+        dataset = ImageFolder(str(folder), transform=lambda img: np.asarray(resize(img.convert("RGB")), dtype=np.uint8))
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise InputError("data.root", f"{folder}: {exc}") from None
+    images, labels = [], []
+    for index in range(len(dataset)):
+        try:
+            image, label = dataset[index]
+        except OSError as exc:
+            raise InputError("data.root", f"cannot read image {dataset.samples[index][0]}: {exc}") from None
+        images.append(image)
+        labels.append(label)
+    return np.stack(images), np.asarray(labels, dtype=np.int64), list(dataset.classes)

@@ -1,0 +1,181 @@
+"""The materialised pool: a few Parquet files of (id, label, image) plus a JSON manifest.
+
+Images are stored as fixed-size binary (the raw uint8 bytes of H x W x C), which Ray Data
+reads and the scorer decodes without a copy. The ``label`` column is read only by the
+simulated oracle and by evaluation; scorers and trainers read ``id`` and ``image``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from osal_ray.data.datasets import ImageSplit, SourceDataset
+from osal_ray.data.splits import OpenSetSplit
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class PoolManifest:
+    """What a materialised pool holds; small and JSON-serialisable, so it travels to actors."""
+
+    directory: str
+    dataset: str
+    image_shape: tuple[int, int, int]
+    pixel_max: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...]
+    known_classes: tuple[int, ...]
+    pool_files: tuple[str, ...]
+    test_file: str
+    num_pool: int
+    num_initial: int
+    num_test: int
+    fingerprint: str
+
+    @property
+    def num_known(self) -> int:
+        return len(self.known_classes)
+
+    @property
+    def image_bytes(self) -> int:
+        h, w, c = self.image_shape
+        return h * w * c
+
+    def known_class_names(self) -> tuple[str, ...]:
+        return tuple(self.class_names[c] for c in self.known_classes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "PoolManifest":
+        fields = dict(raw)
+        for key in ("image_shape", "mean", "std", "class_names", "known_classes", "pool_files"):
+            fields[key] = tuple(fields[key])
+        return cls(**fields)
+
+
+def split_fingerprint(dataset: str, split: OpenSetSplit, extra: str = "") -> str:
+    """A digest of the split, so a materialised pool is reused only for the same split."""
+    digest = hashlib.sha256()
+    digest.update(f"{dataset}|{split.known_classes}|{extra}".encode())
+    for ids in (split.pool_ids, split.initial_ids, split.test_ids):
+        digest.update(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def materialize_pool(source: SourceDataset, split: OpenSetSplit, directory: Path, num_files: int) -> PoolManifest:
+    """Write the pool and the known-class test set as Parquet, unless an identical one exists."""
+    fingerprint = split_fingerprint(source.name, split, repr(source.train.images.shape))
+    existing = read_manifest(directory) if (directory / MANIFEST).is_file() else None
+    if existing is not None and existing.fingerprint == fingerprint:
+        return existing
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".pool-", dir=directory.parent))
+    num_files = max(1, min(num_files, len(split.pool_ids)))
+    pool_files = []
+    for index, chunk in enumerate(np.array_split(split.pool_ids, num_files)):
+        name = f"pool-{index:03d}.parquet"
+        _write_rows(staging / name, chunk, source.train)
+        pool_files.append(name)
+    _write_rows(staging / "test.parquet", split.test_ids, source.test)
+    mean, std = source.channel_stats()
+    manifest = PoolManifest(
+        directory=str(directory.resolve()),
+        dataset=source.name,
+        image_shape=tuple(int(v) for v in source.train.images.shape[1:]),  # type: ignore[arg-type]
+        pixel_max=source.pixel_max,
+        mean=mean,
+        std=std,
+        class_names=source.class_names,
+        known_classes=split.known_classes,
+        pool_files=tuple(pool_files),
+        test_file="test.parquet",
+        num_pool=len(split.pool_ids),
+        num_initial=len(split.initial_ids),
+        num_test=len(split.test_ids),
+        fingerprint=fingerprint,
+    )
+    np.save(staging / "initial_ids.npy", split.initial_ids)
+    (staging / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=1))
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(staging, directory)
+    return manifest
+
+
+def _write_rows(path: Path, ids: np.ndarray, split: ImageSplit) -> None:
+    images = np.ascontiguousarray(split.images[ids])
+    width = int(np.prod(images.shape[1:]))
+    image_column = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(ids), [None, pa.py_buffer(images.tobytes())])
+    table = pa.table({"id": ids.astype(np.int64), "label": split.labels[ids].astype(np.int64), "image": image_column})
+    pq.write_table(table, path, row_group_size=8192)
+
+
+def read_manifest(directory: Path) -> PoolManifest:
+    """Read the manifest of a materialised pool."""
+    raw = json.loads((directory / MANIFEST).read_text())
+    return PoolManifest.from_dict(raw)
+
+
+def pool_paths(manifest: PoolManifest) -> list[str]:
+    """Absolute paths of the pool's Parquet files."""
+    return [str(Path(manifest.directory) / name) for name in manifest.pool_files]
+
+
+def initial_ids(manifest: PoolManifest) -> np.ndarray:
+    """The ids of the initial labeled set (its OOD members, if any, start as invalid)."""
+    return np.load(Path(manifest.directory) / "initial_ids.npy")
+
+
+def decode_images(column: pa.Array | pa.ChunkedArray, manifest: PoolManifest) -> np.ndarray:
+    """Turn a fixed-size-binary image column into uint8 (N, H, W, C) without copying."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    width = manifest.image_bytes
+    buffer = column.buffers()[1]
+    flat = np.frombuffer(buffer, dtype=np.uint8, offset=column.offset * width, count=len(column) * width)
+    return flat.reshape((len(column), *manifest.image_shape))
+
+
+def read_rows(paths: list[str], manifest: PoolManifest, ids: np.ndarray | None = None, with_labels: bool = False
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Read (ids, images, labels?) of the given ids (all rows when ``ids`` is None), sorted by id."""
+    columns = ["id", "image"] + (["label"] if with_labels else [])
+    dataset = pads.dataset(paths, format="parquet")
+    row_filter = None if ids is None else pads.field("id").isin(pa.array(np.asarray(ids, dtype=np.int64)))
+    table = dataset.to_table(columns=columns, filter=row_filter)
+    table = table.sort_by("id")
+    row_ids = table.column("id").to_numpy()
+    images = decode_images(table.column("image"), manifest)
+    labels = table.column("label").to_numpy() if with_labels else None
+    return row_ids, images, labels
+
+
+def read_labels(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, true labels) of every row: what the simulated oracle reads, and nothing else does."""
+    table = pads.dataset(paths, format="parquet").to_table(columns=["id", "label"]).sort_by("id")
+    return table.column("id").to_numpy(), table.column("label").to_numpy()
+
+
+def to_model_input(images: np.ndarray, manifest: PoolManifest) -> "torch.Tensor":  # noqa: F821
+    """uint8 (N, H, W, C) -> normalised float32 (N, C, H, W) tensor."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(manifest.pixel_max)
+    mean = torch.tensor(manifest.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(manifest.std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (x - mean) / std

@@ -1,0 +1,117 @@
+"""An experiment: every strategy x seed trajectory on the same splits, and their outputs.
+
+``prepare_experiment`` does everything that can fail on bad input (config, data, budget,
+an output directory of another configuration) without Ray; ``run_experiment`` needs Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from osal_ray.config import ExperimentConfig, dump_config
+from osal_ray.data import build_split, load_dataset, materialize_pool
+from osal_ray.data.pool import PoolManifest
+from osal_ray.errors import InputError
+from osal_ray.experiment.oracle import Oracle
+from osal_ray.experiment.outputs import plot_curves, rounds_frame, write_tables
+from osal_ray.experiment.report import round_header, round_row, summary_table
+from osal_ray.experiment.state import STATE_FILE, RoundRecord, RunState, atomic_write_text, open_run_state
+from osal_ray.experiment.trajectory import RunContext, run_trajectory
+from osal_ray.strategies import get_strategy
+from osal_ray.validation import validate_config
+
+
+@dataclass(frozen=True)
+class PreparedSeed:
+    """The materialised pool of one seed and the oracle that knows its labels."""
+
+    seed: int
+    manifest: PoolManifest
+    oracle: Oracle
+
+
+@dataclass
+class PreparedExperiment:
+    """A validated experiment whose data is on disk, ready for Ray."""
+
+    config: ExperimentConfig
+    output_dir: Path
+    seeds: list[PreparedSeed]
+    states: dict[tuple[str, int], RunState | None]
+
+
+def run_dir(output_dir: Path, strategy: str, seed: int) -> Path:
+    return output_dir / "runs" / strategy / f"seed_{seed}"
+
+
+def prepare_experiment(config: ExperimentConfig, log: Callable[[str], None] = print) -> PreparedExperiment:
+    """Validate, check resumability, build splits and write the Parquet pools. No Ray."""
+    validate_config(config)
+    output_dir = config.resolved_output_dir().resolve()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError("--output-dir", f"{output_dir} exists and is not a directory")
+    states = {
+        (strategy, seed): open_run_state(run_dir(output_dir, strategy, seed) / STATE_FILE, config, strategy, seed)
+        for seed in config.seeds
+        for strategy in config.strategies
+    }
+    source = load_dataset(config.data)
+    prepared = []
+    for seed in config.seeds:
+        split = build_split(config.data, source.train.labels, source.test.labels, source.class_names, seed)
+        available = len(split.pool_ids) - len(split.initial_ids)
+        needed = config.al.budget * config.al.rounds
+        if needed > available:
+            raise InputError(
+                "al.budget",
+                f"{config.al.rounds} rounds x {config.al.budget} = {needed} queries, but the pool has only "
+                f"{available} unlabeled samples (seed {seed}); lower al.budget or al.rounds",
+            )
+        manifest = materialize_pool(source, split, output_dir / "data" / f"seed_{seed}", config.data.pool_files)
+        prepared.append(PreparedSeed(seed, manifest, Oracle.from_pool(manifest)))
+        known = ", ".join(manifest.known_class_names())
+        log(
+            f"seed {seed}: {config.data.dataset}, {config.data.protocol} protocol, known classes [{known}]; "
+            f"pool {manifest.num_pool} ({prepared[-1].oracle.num_known} known), initial {manifest.num_initial}, "
+            f"test {manifest.num_test}"
+        )
+    atomic_write_text(output_dir / "config.yaml", dump_config(config))
+    return PreparedExperiment(config, output_dir, prepared, states)
+
+
+def run_experiment(prepared: PreparedExperiment, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every trajectory (resuming finished rounds), keep outputs current, return the summary."""
+    config, output_dir = prepared.config, prepared.output_dir
+    states: dict[tuple[str, int], RunState] = {k: v for k, v in prepared.states.items() if v is not None}
+    result: dict[str, Any] = {}
+
+    def on_round(state: RunState, record: RoundRecord) -> None:
+        nonlocal result
+        states[(state.strategy, state.seed)] = state
+        log(round_row(state.strategy, state.seed, record))
+        result = write_tables(output_dir, list(states.values()))
+
+    log(round_header())
+    for prepared_seed in prepared.seeds:
+        for name in config.strategies:
+            directory = run_dir(output_dir, name, prepared_seed.seed)
+            context = RunContext(
+                config=config,
+                strategy=get_strategy(name),
+                seed=prepared_seed.seed,
+                manifest=prepared_seed.manifest,
+                oracle=prepared_seed.oracle,
+                run_dir=directory,
+                storage_path=output_dir / "checkpoints",
+                log=log,
+                on_round=on_round,
+            )
+            states[(name, prepared_seed.seed)] = run_trajectory(context, prepared.states[(name, prepared_seed.seed)])
+            plot_curves(rounds_frame(states.values()), output_dir / "curves.png", title=config.name)
+    result = write_tables(output_dir, list(states.values()))
+    log("")
+    log(summary_table(result))
+    log(f"\noutputs in {output_dir}: rounds.parquet, queries.parquet, summary.json, config.yaml, curves.png")
+    return result

@@ -1,0 +1,159 @@
+"""The state of one (strategy, seed) run, written atomically after every finished round.
+
+Re-running the same command with the same output directory reads it back and continues
+after the last finished round; a run made with a different configuration is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from osal_ray.config import ExperimentConfig
+from osal_ray.errors import InputError
+
+STATE_FILE = "state.json"
+STATE_VERSION = 1
+
+
+@dataclass
+class RoundRecord:
+    """The metrics of one finished round (round 0 is the initial set)."""
+
+    round: int
+    n_labeled_known: int
+    n_invalid: int
+    budget_spent: int
+    n_queried: int
+    accuracy: float
+    precision: float
+    recall: float
+    extra: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class QueryRecord:
+    """One annotation bought: which id, in which round, its strategy score and revealed label."""
+
+    round: int
+    id: int
+    score: float
+    label: int
+    known: bool
+
+
+@dataclass
+class RunState:
+    """Everything needed to continue a run: labeled/invalid sets, queries, rng, checkpoints."""
+
+    strategy: str
+    seed: int
+    settings: dict[str, Any]
+    completed_round: int = -1
+    labeled_ids: list[int] = field(default_factory=list)
+    labeled_labels: list[int] = field(default_factory=list)
+    invalid_ids: list[int] = field(default_factory=list)
+    queries: list[QueryRecord] = field(default_factory=list)
+    rounds: list[RoundRecord] = field(default_factory=list)
+    rng_state: dict[str, Any] = field(default_factory=dict)
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    version: int = STATE_VERSION
+
+    def annotated_ids(self) -> np.ndarray:
+        return np.asarray(self.labeled_ids + self.invalid_ids, dtype=np.int64)
+
+    def save(self, path: Path) -> None:
+        """Write the state atomically: a crash leaves the previous round's state intact."""
+        atomic_write_text(path, json.dumps(asdict(self), default=_json_default, allow_nan=True))
+
+    @classmethod
+    def load(cls, path: Path) -> "RunState":
+        try:
+            raw = json.loads(path.read_text())
+            raw["queries"] = [QueryRecord(**q) for q in raw["queries"]]
+            raw["rounds"] = [RoundRecord(**r) for r in raw["rounds"]]
+            state = cls(**raw)
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise InputError("--output-dir", f"{path} is not a readable run state ({exc}); move it away to start over") from None
+        if state.version != STATE_VERSION:
+            raise InputError("--output-dir", f"{path} has state version {state.version}, expected {STATE_VERSION}")
+        return state
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, fsync it, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def run_settings(config: ExperimentConfig, strategy: str, seed: int) -> dict[str, Any]:
+    """The configuration values that decide a run's results.
+
+    Resources (workers, actors, GPUs, Ray address), the output location and the number of
+    rounds are left out: a run may resume on other hardware, or be extended with more rounds.
+    """
+    full = config.to_dict()
+    train = {k: v for k, v in full["train"].items() if k not in ("num_workers", "use_gpu", "cpus_per_worker", "checkpoint_every")}
+    return {
+        "strategy": strategy,
+        "seed": seed,
+        "params": full["strategy_params"].get(strategy, {}),
+        "data": full["data"],
+        "budget": full["al"]["budget"],
+        "model": full["model"],
+        "train": train,
+        "detector": full["detector"],
+    }
+
+
+def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two settings dicts."""
+    keys = sorted(set(old) | set(new))
+    differences = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        dotted = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            differences += describe_difference(a, b, dotted + ".")
+        elif a != b and not (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
+            differences.append(f"{dotted} ({a!r} -> {b!r})")
+    return differences
+
+
+def open_run_state(path: Path, config: ExperimentConfig, strategy: str, seed: int) -> RunState | None:
+    """The saved state of this run, None if there is none; InputError if it was made differently."""
+    if not path.is_file():
+        return None
+    state = RunState.load(path)
+    # Compare through JSON so that tuples and lists, ints and floats compare as they were saved.
+    wanted = json.loads(json.dumps(run_settings(config, strategy, seed), default=_json_default))
+    differences = describe_difference(state.settings, wanted)
+    if differences:
+        raise InputError(
+            "--output-dir",
+            f"{path.parent} holds a {strategy} seed {seed} run made with other settings: "
+            f"{'; '.join(differences[:5])}. Use another --output-dir, or delete it to start over",
+        )
+    return state

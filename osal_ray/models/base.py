@@ -1,0 +1,31 @@
+"""The shape every network shares: features -> embedding -> linear head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FeatureNetwork(nn.Module):
+    """A classifier whose penultimate embedding and intermediate feature maps are exposed.
+
+    Subclasses implement ``forward_features``; ``forward`` returns the logits of ``head``.
+    Strategies that need embeddings (coreset) or intermediate features (learning loss) use
+    ``forward_all``.
+    """
+
+    embedding_dim: int
+    head: nn.Linear
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Return (embedding, intermediate feature maps) for a batch."""
+        raise NotImplementedError
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Return (logits, embedding, intermediate feature maps)."""
+        embedding, intermediates = self.forward_features(x)
+        return self.head(embedding), embedding, intermediates
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        embedding, _ = self.forward_features(x)
+        return self.head(embedding)

@@ -1,0 +1,31 @@
+"""Query strategies: pure numpy functions of score arrays behind one registry.
+
+Call one from a notebook with ``query(name, PoolScores(ids, {...}), budget, num_known=K)``.
+"""
+
+from osal_ray.strategies import coreset, standard  # noqa: F401  (register the built-in strategies)
+from osal_ray.strategies.base import (
+    STRATEGIES,
+    LabeledScores,
+    PoolScores,
+    QueryContext,
+    Selection,
+    Strategy,
+    get_strategy,
+    query,
+    register_strategy,
+    top_k,
+)
+
+__all__ = [
+    "STRATEGIES",
+    "LabeledScores",
+    "PoolScores",
+    "QueryContext",
+    "Selection",
+    "Strategy",
+    "get_strategy",
+    "query",
+    "register_strategy",
+    "top_k",
+]

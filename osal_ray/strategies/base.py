@@ -1,0 +1,203 @@
+"""The query-strategy contract: pure functions of gathered score arrays, behind one registry.
+
+Every strategy is ``select(pool, budget, context) -> Selection``:
+
+- ``pool`` (PoolScores): the unlabeled candidates' ids and the score columns it declared;
+- ``budget``: how many to query;
+- ``context`` (QueryContext): number of known classes, a seeded numpy Generator, the strategy's
+  parameters, and (for strategies that declare ``needs_labeled``) the same columns for the
+  already annotated samples.
+
+Strategies never touch Ray, files or true labels, so they are unit-tested on hand-made arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from osal_ray.errors import InputError
+from osal_ray.registry import Registry
+
+
+@dataclass(frozen=True)
+class PoolScores:
+    """Sample ids and per-sample score columns, all of the same length."""
+
+    ids: np.ndarray
+    columns: Mapping[str, np.ndarray]
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        for name, values in self.columns.items():
+            if len(values) != n:
+                raise ValueError(f"column {name!r} has {len(values)} rows, ids have {n}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            return self.columns[name]
+        except KeyError:
+            raise KeyError(f"score column {name!r} missing; have {sorted(self.columns)}") from None
+
+    def subset(self, mask_or_index: np.ndarray) -> "PoolScores":
+        """The rows selected by a boolean mask or an index array."""
+        return PoolScores(self.ids[mask_or_index], {k: v[mask_or_index] for k, v in self.columns.items()})
+
+
+@dataclass(frozen=True)
+class LabeledScores:
+    """Score columns of the annotated samples; ``labels`` are 0..K-1 for known, -1 for invalid (OOD)."""
+
+    scores: PoolScores
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.labels) != len(self.scores):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.scores)} labeled rows")
+
+
+@dataclass(frozen=True)
+class QueryContext:
+    """What a strategy may know besides the pool's scores."""
+
+    num_known: int
+    rng: np.random.Generator
+    params: Mapping[str, Any] = field(default_factory=dict)
+    labeled: LabeledScores | None = None
+    round: int = 1
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen pool positions in query order, the score each was ranked by, and diagnostics.
+
+    ``diagnostics`` holds per-candidate arrays (length of the pool) that the loop evaluates
+    against the truth, e.g. ``known_probability`` for the AUROC of an open-set filter, and
+    per-round scalars in ``values`` (e.g. a tuned temperature).
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+    diagnostics: Mapping[str, np.ndarray] = field(default_factory=dict)
+    values: Mapping[str, float] = field(default_factory=dict)
+
+
+SelectFn = Callable[[PoolScores, int, QueryContext], Selection]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered strategy: its function, the score columns it needs and its parameters."""
+
+    name: str
+    fn: SelectFn
+    columns: tuple[str, ...]
+    needs_labeled: bool = False
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def resolve_params(self, params: Mapping[str, Any] | None, field_name: str | None = None) -> dict[str, Any]:
+        """Defaults overlaid with ``params``; an unknown parameter is an InputError."""
+        merged = dict(self.defaults)
+        for key, value in (params or {}).items():
+            if key not in self.defaults:
+                allowed = ", ".join(sorted(self.defaults)) or "none"
+                raise InputError(field_name or f"strategy_params.{self.name}.{key}", f"unknown parameter {key!r}; allowed: {allowed}")
+            merged[key] = value
+        return merged
+
+    def select(self, pool: PoolScores, budget: int, context: QueryContext) -> Selection:
+        """Run the strategy and check its answer (unique, in range, at most ``budget``)."""
+        missing = [c for c in self.columns if c not in pool.columns]
+        if missing:
+            raise KeyError(f"strategy {self.name!r} needs score columns {missing}")
+        if self.needs_labeled and context.labeled is None:
+            raise ValueError(f"strategy {self.name!r} needs the labeled samples' scores")
+        if budget < 0:
+            raise ValueError("budget must be non-negative")
+        context = QueryContext(
+            num_known=context.num_known,
+            rng=context.rng,
+            params=self.resolve_params(context.params),
+            labeled=context.labeled,
+            round=context.round,
+        )
+        if budget == 0 or len(pool) == 0:
+            return Selection(np.empty(0, dtype=np.int64), np.empty(0))
+        selection = self.fn(pool, budget, context)
+        indices = np.asarray(selection.indices, dtype=np.int64)
+        if len(indices) > budget:
+            raise RuntimeError(f"strategy {self.name!r} returned {len(indices)} > budget {budget}")
+        if len(np.unique(indices)) != len(indices):
+            raise RuntimeError(f"strategy {self.name!r} returned repeated indices")
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(pool)):
+            raise RuntimeError(f"strategy {self.name!r} returned indices outside the pool")
+        return Selection(indices, np.asarray(selection.scores, dtype=np.float64), selection.diagnostics, selection.values)
+
+
+STRATEGIES: Registry[Strategy] = Registry("strategy")
+
+
+def register_strategy(
+    name: str,
+    *,
+    columns: tuple[str, ...],
+    needs_labeled: bool = False,
+    defaults: Mapping[str, Any] | None = None,
+) -> Callable[[SelectFn], SelectFn]:
+    """Register ``fn(pool, budget, context) -> Selection``; its docstring is its description."""
+
+    def register(fn: SelectFn) -> SelectFn:
+        STRATEGIES.add(
+            name,
+            Strategy(name, fn, tuple(columns), needs_labeled, dict(defaults or {}), (fn.__doc__ or "").strip()),
+        )
+        return fn
+
+    return register
+
+
+def get_strategy(name: str) -> Strategy:
+    """The registered strategy ``name`` (InputError listing the known ones otherwise)."""
+    return STRATEGIES.get(name, "strategies")
+
+
+def query(
+    name: str,
+    pool: PoolScores,
+    budget: int,
+    *,
+    num_known: int,
+    seed: int = 0,
+    params: Mapping[str, Any] | None = None,
+    labeled: LabeledScores | None = None,
+) -> Selection:
+    """Front door for notebooks: run strategy ``name`` on arrays and return its Selection."""
+    context = QueryContext(num_known=num_known, rng=np.random.default_rng(seed), params=params or {}, labeled=labeled)
+    return get_strategy(name).select(pool, budget, context)
+
+
+def top_k(scores: np.ndarray, k: int, candidates: np.ndarray | None = None) -> np.ndarray:
+    """Positions of the ``k`` largest scores (optionally among ``candidates``), best first.
+
+    Ties are broken by position, so the answer is deterministic for a deterministic input.
+    """
+    positions = np.arange(len(scores)) if candidates is None else np.asarray(candidates, dtype=np.int64)
+    values = np.asarray(scores, dtype=np.float64)[positions]
+    values = np.where(np.isnan(values), -np.inf, values)  # NaN never outranks a real score
+    k = min(k, len(positions))
+    if k == 0:
+        return np.empty(0, dtype=np.int64)
+    # lexsort: last key is primary -> descending score, then ascending position.
+    if k < len(positions) // 4:
+        # Partition first so that large pools are not fully sorted.
+        threshold = np.partition(values, len(values) - k)[len(values) - k]
+        keep = values >= threshold
+        positions, values = positions[keep], values[keep]
+    order = np.lexsort((positions, -values))
+    return positions[order[:k]]

@@ -1,0 +1,79 @@
+"""Network checkpoints: a plain dict of metadata and tensors, loaded with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from osal_ray.errors import InputError
+from osal_ray.models import FeatureNetwork, create_model
+
+FORMAT = "osal_ray.network/1"
+MODEL_FILE = "model.pt"
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Everything needed to rebuild a network: registry name, output count, input shape, kwargs."""
+
+    model: str
+    num_outputs: int
+    in_channels: int
+    image_size: int
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> FeatureNetwork:
+        return create_model(self.model, self.num_outputs, self.in_channels, self.image_size, **self.kwargs)
+
+
+def save_network(model: torch.nn.Module, spec: NetworkSpec, path: Path) -> None:
+    """Write the network's weights and spec atomically to ``path``."""
+    module = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, "spec": asdict(spec), "state_dict": state}, tmp)
+    os.replace(tmp, path)
+
+
+def load_network(path: str | Path, expected: NetworkSpec | None = None, field_name: str = "checkpoint") -> tuple[FeatureNetwork, NetworkSpec]:
+    """Load a checkpoint written by ``save_network``; refuse anything else with a clear error.
+
+    A directory is taken to hold ``model.pt``. With ``expected``, a checkpoint of another
+    architecture or output count is refused before any weight is copied.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise InputError(field_name, f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
+        raise InputError(field_name, f"{path} is not a loadable weights-only checkpoint: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError(field_name, f"{path} is not an osal_ray network checkpoint (format {FORMAT!r} expected)")
+    try:
+        spec = NetworkSpec(**payload["spec"])
+    except TypeError as exc:
+        raise InputError(field_name, f"{path}: malformed network spec: {exc}") from None
+    if expected is not None and spec != expected:
+        raise InputError(field_name, f"{path} holds {spec}, but {expected} is configured")
+    model = spec.build()
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise InputError(field_name, f"{path}: no state_dict")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        raise InputError(
+            field_name,
+            f"{path} does not fit {spec.model}: missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]}",
+        )
+    model.load_state_dict(state)
+    return model, spec

@@ -1,0 +1,30 @@
+"""Losses: temperature-scaled, optionally class-weighted cross-entropy (JSOSAL Eq. 1-2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def inverse_frequency_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """w_c = N / n_c over the whole training set; a class with no sample gets weight 0."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = np.zeros(num_classes, dtype=np.float64)
+    present = counts > 0
+    weights[present] = len(labels) / counts[present]
+    return weights
+
+
+def temperature_cross_entropy(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    class_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of softmax(logits / T).
+
+    With class weights the batch loss is sum_i w_{y_i} CE_i / sum_i w_{y_i} (PyTorch's
+    convention): the weights change the balance between classes, not the learning rate.
+    """
+    return F.cross_entropy(logits / temperature, targets, weight=class_weights)

@@ -1,0 +1,221 @@
+"""The per-worker training function that Ray Train's TorchTrainer runs.
+
+Workers receive ids, labels and the pool's location, never images or weights through the
+object store: each worker reads its labeled rows from the Parquet pool itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from osal_ray.config import TrainConfig
+from osal_ray.data.pool import PoolManifest, pool_paths, read_rows, to_model_input
+from osal_ray.training.checkpoints import MODEL_FILE, NetworkSpec, load_network, save_network
+from osal_ray.training.losses import inverse_frequency_weights, temperature_cross_entropy
+
+TRAIN_STATE_FILE = "train_state.pt"
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One network to train on one round's labeled set; plain data so it pickles cheaply."""
+
+    network: str
+    spec: NetworkSpec
+    manifest: PoolManifest
+    ids: list[int]
+    labels: list[int]
+    seed: int
+    train: TrainConfig
+    temperature: float = 1.0
+    class_weighting: str = "none"
+    evaluate: bool = False
+    init_checkpoint: str | None = None
+    local_checkpoint_dir: str | None = None
+    log_prefix: str = ""
+
+    def to_config(self) -> dict[str, Any]:
+        return {"job": asdict(self)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "TrainJob":
+        raw = dict(config["job"])
+        raw["spec"] = NetworkSpec(**raw["spec"])
+        raw["manifest"] = PoolManifest.from_dict(raw["manifest"])
+        raw["train"] = TrainConfig(**raw["train"])
+        return cls(**raw)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Train ``TrainJob`` with SGD + StepLR, evaluate on rank 0, report the final checkpoint."""
+    import ray.train
+    import ray.train.torch
+
+    job = TrainJob.from_config(config)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    distributed = job.local_checkpoint_dir is None
+    device = _device(job.train.use_gpu, distributed)
+    torch.manual_seed(job.seed)
+    generator = torch.Generator().manual_seed(job.seed + 1)
+
+    x, y = _load_labeled(job)
+    weights = None
+    if job.class_weighting == "inverse_frequency":
+        weights = torch.tensor(inverse_frequency_weights(y.numpy(), job.spec.num_outputs), dtype=torch.float32, device=device)
+    loader = DataLoader(TensorDataset(x, y), batch_size=job.train.batch_size, shuffle=True, generator=generator)
+    if distributed and world > 1:
+        loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
+
+    model = job.spec.build()
+    if job.init_checkpoint:
+        warm, _ = load_network(job.init_checkpoint, expected=job.spec, field_name="train.reinit (warm start)")
+        model.load_state_dict(warm.state_dict())
+    model = ray.train.torch.prepare_model(model) if distributed and world > 1 else model.to(device)
+    train = job.train
+    optimizer = torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=train.lr_step, gamma=train.lr_gamma)
+
+    start_epoch = 0
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as folder:
+            start_epoch = _restore(Path(folder), model, optimizer, scheduler)
+
+    started = time.perf_counter()
+    loss_value = float("nan")
+    log_every = max(1, train.epochs // 4)
+    for epoch in range(start_epoch, train.epochs):
+        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        loss_value = _train_epoch(model, loader, optimizer, job, weights, device, generator)
+        scheduler.step()
+        done = epoch + 1
+        if rank == 0 and job.log_prefix and (done % log_every == 0 or done == train.epochs):
+            print(f"{job.log_prefix} {job.network}: epoch {done}/{train.epochs} loss {loss_value:.4f}", flush=True)
+        if train.checkpoint_every and done % train.checkpoint_every == 0 and done < train.epochs:
+            _report(job, model, optimizer, scheduler, done, {"epoch": done, "loss": loss_value}, rank)
+
+    metrics: dict[str, Any] = {
+        "epoch": train.epochs,
+        "loss": loss_value,
+        "train_samples": len(y),
+        "train_seconds": time.perf_counter() - started,
+    }
+    if job.evaluate and rank == 0:
+        metrics["accuracy"] = evaluate_accuracy(getattr(model, "module", model), job.manifest, device)
+    _report(job, model, optimizer, scheduler, train.epochs, metrics, rank)
+
+
+def _device(use_gpu: bool, distributed: bool) -> torch.device:
+    if use_gpu and torch.cuda.is_available():
+        if distributed:
+            import ray.train.torch
+
+            return ray.train.torch.get_device()
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _load_labeled(job: TrainJob) -> tuple[torch.Tensor, torch.Tensor]:
+    wanted = np.asarray(job.ids, dtype=np.int64)
+    labels = np.asarray(job.labels, dtype=np.int64)
+    row_ids, images, _ = read_rows(pool_paths(job.manifest), job.manifest, wanted)
+    if len(row_ids) != len(np.unique(wanted)):
+        missing = np.setdiff1d(wanted, row_ids)[:10]
+        raise ValueError(f"{len(missing)} labeled ids are not in the pool, e.g. {missing.tolist()}")
+    order = np.argsort(wanted, kind="stable")
+    aligned = labels[order][np.searchsorted(wanted[order], row_ids)]
+    return to_model_input(images, job.manifest), torch.from_numpy(aligned)
+
+
+def _train_epoch(model, loader, optimizer, job: TrainJob, weights, device, generator) -> float:
+    model.train()
+    total, count = 0.0, 0
+    for xb, yb in loader:
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        if job.train.augment:
+            xb = augment_batch(xb, generator)
+        logits = model(xb)
+        loss = temperature_cross_entropy(logits, yb, job.temperature, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(yb)
+        count += len(yb)
+    return total / max(count, 1)
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, per sample (CIFAR recipe)."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
+    flips = torch.rand(n, generator=generator).lt(0.5).tolist()
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    flip_idx = [i for i, f in enumerate(flips) if f]
+    if flip_idx:
+        out[flip_idx] = out[flip_idx].flip(-1)
+    return out
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: torch.nn.Module, manifest: PoolManifest, device: torch.device, batch_size: int = 1024) -> float:
+    """K-way accuracy on the known-class test set (labels mapped to 0..K-1)."""
+    path = str(Path(manifest.directory) / manifest.test_file)
+    _, images, labels = read_rows([path], manifest, with_labels=True)
+    mapping = {c: i for i, c in enumerate(manifest.known_classes)}
+    targets = np.array([mapping[int(label)] for label in labels], dtype=np.int64)
+    model.eval()
+    correct = 0
+    for start in range(0, len(targets), batch_size):
+        xb = to_model_input(images[start : start + batch_size], manifest).to(device)
+        predictions = model(xb).argmax(1).cpu().numpy()
+        correct += int((predictions == targets[start : start + batch_size]).sum())
+    return correct / max(len(targets), 1)
+
+
+def _report(job: TrainJob, model, optimizer, scheduler, epoch: int, metrics: dict[str, Any], rank: int) -> None:
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    if job.local_checkpoint_dir is not None:
+        folder = Path(job.local_checkpoint_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_checkpoint(folder, job, model, optimizer, scheduler, epoch)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_checkpoint(Path(tmp), job, model, optimizer, scheduler, epoch)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _write_checkpoint(folder: Path, job: TrainJob, model, optimizer, scheduler, epoch: int) -> None:
+    save_network(model, job.spec, folder / MODEL_FILE)
+    state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    tmp = folder / (TRAIN_STATE_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, folder / TRAIN_STATE_FILE)
+
+
+def _restore(folder: Path, model, optimizer, scheduler) -> int:
+    """Continue an interrupted training from its last reported checkpoint; returns the next epoch."""
+    network, _ = load_network(folder / MODEL_FILE)
+    getattr(model, "module", model).load_state_dict(network.state_dict())
+    state = torch.load(folder / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["epoch"])

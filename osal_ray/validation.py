@@ -1,0 +1,93 @@
+"""Checks of meaning on a loaded configuration, all before any data is read or Ray starts.
+
+Each failure is an InputError that names the dotted config key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+
+from osal_ray.config import ExperimentConfig
+from osal_ray.errors import InputError
+
+PROTOCOLS = ("mismatch", "ood_ratio")
+CLASS_WEIGHTINGS = ("none", "inverse_frequency")
+
+
+def validate_config(config: ExperimentConfig) -> None:
+    """Raise InputError for the first impossible or unknown value in ``config``."""
+    from osal_ray.data import DATASETS
+    from osal_ray.models import MODELS
+    from osal_ray.strategies import STRATEGIES
+
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", config.name):
+        raise InputError("name", f"{config.name!r} must be letters, digits, '_', '-' or '.'")
+    _require(bool(config.seeds), "seeds", "give at least one seed")
+    _require(len(set(config.seeds)) == len(config.seeds), "seeds", f"repeated seeds in {config.seeds}")
+    _require(all(s >= 0 for s in config.seeds), "seeds", "seeds must be >= 0")
+    _require(bool(config.strategies), "strategies", f"give at least one of: {', '.join(STRATEGIES.names())}")
+    _require(len(set(config.strategies)) == len(config.strategies), "strategies", f"repeated strategies in {config.strategies}")
+    for name in config.strategies:
+        STRATEGIES.get(name, "strategies")
+    for name, params in config.strategy_params.items():
+        STRATEGIES.get(name, f"strategy_params.{name}").resolve_params(params)
+
+    data = config.data
+    DATASETS.get(data.dataset, "data.dataset")
+    _require(data.protocol in PROTOCOLS, "data.protocol", f"{data.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if data.mismatch_ratio is not None:
+        _require(0.0 < data.mismatch_ratio < 1.0, "data.mismatch_ratio", f"{data.mismatch_ratio} must be in (0, 1)")
+    if isinstance(data.known_classes, int):
+        _require(data.known_classes >= 2, "data.known_classes", f"{data.known_classes}: need at least 2 known classes")
+    elif isinstance(data.known_classes, list):
+        _require(len(data.known_classes) >= 2, "data.known_classes", "list at least 2 known classes")
+    _require(0.0 < data.initial_fraction <= 1.0, "data.initial_fraction", f"{data.initial_fraction} must be in (0, 1]")
+    _require(data.initial_size >= 1, "data.initial_size", "must be at least 1")
+    _require(0.0 <= data.ood_ratio < 1.0, "data.ood_ratio", f"{data.ood_ratio} must be in [0, 1)")
+    _require(0.0 < data.test_fraction < 1.0, "data.test_fraction", f"{data.test_fraction} must be in (0, 1)")
+    _require(0.0 < data.train_fraction <= 1.0, "data.train_fraction", f"{data.train_fraction} must be in (0, 1]")
+    _require(data.image_size >= 8, "data.image_size", "must be at least 8 pixels")
+    _require(data.pool_files >= 1, "data.pool_files", "must be at least 1")
+
+    _require(config.al.rounds >= 1, "al.rounds", "must be at least 1")
+    _require(config.al.budget >= 1, "al.budget", "must be at least 1")
+
+    MODELS.get(config.model.classifier, "model.classifier")
+    if config.model.detector is not None:
+        MODELS.get(config.model.detector, "model.detector")
+
+    t = config.train
+    _require(t.epochs >= 1, "train.epochs", "must be at least 1")
+    _require(t.batch_size >= 1, "train.batch_size", "must be at least 1")
+    _require(t.lr > 0, "train.lr", "must be positive")
+    _require(0.0 <= t.momentum < 1.0, "train.momentum", "must be in [0, 1)")
+    _require(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    _require(t.lr_step >= 1, "train.lr_step", "must be at least 1")
+    _require(0.0 < t.lr_gamma <= 1.0, "train.lr_gamma", "must be in (0, 1]")
+    _require(t.num_workers >= 0, "train.num_workers", "must be >= 0 (0 trains in the driver process)")
+    _require(t.cpus_per_worker > 0, "train.cpus_per_worker", "must be positive")
+    _require(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0: only the final checkpoint)")
+
+    _require(config.detector.temperature > 0, "detector.temperature", "must be positive")
+    _require(
+        config.detector.class_weights in CLASS_WEIGHTINGS,
+        "detector.class_weights",
+        f"{config.detector.class_weights!r} is not one of {', '.join(CLASS_WEIGHTINGS)}",
+    )
+
+    s = config.scoring
+    _require(s.num_actors >= 1, "scoring.num_actors", "must be at least 1")
+    if s.max_actors is not None:
+        _require(s.max_actors >= s.num_actors, "scoring.max_actors", f"must be >= scoring.num_actors ({s.num_actors})")
+    _require(s.cpus_per_actor > 0, "scoring.cpus_per_actor", "must be positive (fractions such as 0.5 are allowed)")
+    _require(s.gpus_per_actor >= 0, "scoring.gpus_per_actor", "must be >= 0")
+    _require(s.batch_size >= 1, "scoring.batch_size", "must be at least 1")
+
+    if config.ray.num_cpus is not None:
+        _require(config.ray.num_cpus >= 1, "ray.num_cpus", "must be at least 1")
+    _require(config.ray.object_store_memory_mb >= 78, "ray.object_store_memory_mb", "Ray needs at least 78 MB")
+
+
+def _require(condition: bool, field: str, message: str) -> None:
+    if not condition:
+        raise InputError(field, message)

@@ -1,0 +1,69 @@
+"""Shared fixtures: one Ray instance per test session, small configs, score-array builders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from osal_ray.config import ExperimentConfig, config_from_dict
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every test that needs it (4 logical CPUs: see the 2-CPU deadlock note)."""
+    import ray
+
+    from osal_ray.cluster import connect_ray
+    from osal_ray.config import RayConfig
+
+    os.environ.pop("RAY_ADDRESS", None)
+    connect_ray(RayConfig(num_cpus=4, object_store_memory_mb=256))
+    yield ray
+    ray.shutdown()
+
+
+def small_digits_config(output_dir: Path, **overrides) -> ExperimentConfig:
+    """A digits job that runs a round in seconds."""
+    raw = {
+        "name": "test-digits",
+        "seeds": [0],
+        "strategies": ["random", "entropy"],
+        "output_dir": str(output_dir),
+        "data": {"dataset": "digits", "known_classes": [3, 8], "initial_fraction": 0.05},
+        "al": {"rounds": 2, "budget": 10},
+        "train": {"epochs": 10, "num_workers": 0},
+    }
+    for key, value in overrides.items():
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return config_from_dict(raw)
+
+
+@pytest.fixture
+def digits_config(tmp_path: Path):
+    """Factory: ``digits_config(**{"al.rounds": 3})`` -> an ExperimentConfig writing to tmp_path."""
+
+    def make(output_dir: Path | None = None, **overrides) -> ExperimentConfig:
+        return small_digits_config(output_dir or tmp_path / "out", **overrides)
+
+    return make
+
+
+def synthetic_column(name: str, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """A plausible array for score column ``name``; every registered column must have a case."""
+    if name == "probs":
+        logits = rng.normal(size=(n, k)) * 2
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        return (p / p.sum(1, keepdims=True)).astype(np.float32)
+    if name == "entropy":
+        p = synthetic_column("probs", n, k, rng)
+        return -(p * np.log(p)).sum(1)
+    if name == "embedding":
+        return rng.normal(size=(n, 16)).astype(np.float32)
+    raise KeyError(f"no synthetic data for score column {name!r}: add a case to tests/conftest.py")

@@ -1,0 +1,121 @@
+"""Checkpoints (weights-only, refusals), the loss on a worked example, and training on Ray Train."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from osal_ray.config import DataConfig, TrainConfig
+from osal_ray.data import build_split, load_dataset, materialize_pool
+from osal_ray.errors import InputError
+from osal_ray.training import NetworkSpec, TrainJob, fit_network, inverse_frequency_weights, load_network, save_network, temperature_cross_entropy
+
+SPEC = NetworkSpec("mlp", 3, 1, 8, {"hidden": 16})
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = SPEC.build()
+    save_network(model, SPEC, tmp_path / "model.pt")
+    loaded, spec = load_network(tmp_path)  # a directory means its model.pt
+    assert spec == SPEC
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_of_another_shape_is_refused(tmp_path):
+    save_network(SPEC.build(), SPEC, tmp_path / "model.pt")
+    with pytest.raises(InputError, match="is configured"):
+        load_network(tmp_path / "model.pt", expected=NetworkSpec("mlp", 4, 1, 8, {"hidden": 16}))
+    # Same declared spec, but the tensors were tampered with: shapes no longer fit.
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)
+    payload["state_dict"]["head.weight"] = torch.zeros(5, 16)
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(InputError, match="wrong shape"):
+        load_network(tmp_path / "bad.pt")
+
+
+class NotATensor:
+    def __reduce__(self):  # an object a weights-only load must refuse to build
+        return (print, ("this must never run",))
+
+
+def test_pickle_that_is_not_plain_tensors_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "osal_ray.network/1", "spec": {}, "state_dict": {}, "x": NotATensor()}, path)
+    with pytest.raises(InputError, match="weights-only"):
+        load_network(path)
+
+
+def test_foreign_and_garbage_files_are_refused(tmp_path):
+    torch.save(SPEC.build().state_dict(), tmp_path / "plain.pt")
+    with pytest.raises(InputError, match="not an osal_ray network checkpoint"):
+        load_network(tmp_path / "plain.pt")
+    (tmp_path / "junk.pt").write_bytes(pickle.dumps([1, 2, 3])[:5])
+    with pytest.raises(InputError, match="checkpoint"):
+        load_network(tmp_path / "junk.pt")
+    with pytest.raises(InputError, match="no checkpoint"):
+        load_network(tmp_path / "absent.pt")
+
+
+def test_inverse_frequency_weights_worked_example():
+    # N = 6; n = (3, 1, 2, 0): w = (2, 6, 3, 0); an absent class gets 0.
+    np.testing.assert_allclose(inverse_frequency_weights(np.array([0, 0, 0, 1, 2, 2]), 4), [2.0, 6.0, 3.0, 0.0])
+
+
+def test_weighted_temperature_cross_entropy_worked_example():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    targets = torch.tensor([0, 1])
+    # logits / 0.5 = [[4, 0], [0, 2]]: CE_0 = log(1 + e^-4), CE_1 = log(1 + e^-2).
+    ce0, ce1 = math.log1p(math.exp(-4)), math.log1p(math.exp(-2))
+    loss = temperature_cross_entropy(logits, targets, 0.5, torch.tensor([1.0, 3.0]))
+    assert float(loss) == pytest.approx((1 * ce0 + 3 * ce1) / 4, rel=1e-6)
+    assert float(temperature_cross_entropy(logits, targets, 1.0)) == pytest.approx((math.log1p(math.exp(-2)) + math.log1p(math.exp(-1))) / 2, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def digits_pool(tmp_path_factory):
+    config = DataConfig(known_classes=[3, 8], initial_fraction=0.2)
+    source = load_dataset(config)
+    split = build_split(config, source.train.labels, source.test.labels, source.class_names, seed=0)
+    manifest = materialize_pool(source, split, tmp_path_factory.mktemp("pool") / "seed_0", 2)
+    labels = source.train.labels[split.initial_ids]
+    return manifest, split.initial_ids.tolist(), [0 if v == 3 else 1 for v in labels]
+
+
+def _job(manifest, ids, labels, **train) -> TrainJob:
+    base = dict(
+        network="classifier", spec=NetworkSpec("mlp", 2, 1, 8), manifest=manifest, ids=ids, labels=labels, seed=1,
+        train=TrainConfig(epochs=30, batch_size=16, **train), evaluate=True,
+    )
+    return TrainJob(**base)
+
+
+@pytest.mark.ray
+def test_fit_in_process_learns_and_checkpoints(ray_session, digits_pool, tmp_path):
+    manifest, ids, labels = digits_pool
+    result = fit_network(_job(manifest, ids, labels), TrainConfig(num_workers=0), tmp_path, "local-run")
+    assert result.metrics["accuracy"] > 0.85
+    assert result.metrics["train_samples"] == len(ids)
+    model, spec = load_network(result.checkpoint_path)
+    assert spec.num_outputs == 2
+    again = fit_network(_job(manifest, ids, labels), TrainConfig(num_workers=0), tmp_path, "local-run-2")
+    assert again.metrics["accuracy"] == result.metrics["accuracy"]  # seeded: same model
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_fit_on_a_ray_train_worker(ray_session, digits_pool, tmp_path):
+    manifest, ids, labels = digits_pool
+    job = _job(manifest, ids, labels, checkpoint_every=10)
+    result = fit_network(job, TrainConfig(num_workers=1, cpus_per_worker=1), tmp_path, "worker-run")
+    assert result.metrics["accuracy"] > 0.85
+    assert Path(result.checkpoint_path).is_relative_to(tmp_path)
+    load_network(result.checkpoint_path)
+    # The same name again resumes from the finished checkpoint: no epoch is trained twice.
+    resumed = fit_network(job, TrainConfig(num_workers=1, cpus_per_worker=1), tmp_path, "worker-run")
+    assert resumed.metrics["accuracy"] == result.metrics["accuracy"]
