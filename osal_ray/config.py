@@ -80,7 +80,7 @@ class DetectorConfig:
     """The K+1-way detector of LfOSA and JSOSAL (trained only when a strategy needs it)."""
 
     temperature: float = 0.5
-    class_weights: str = "inverse_frequency"
+    class_weights: str = "auto"
 
 
 @dataclass
@@ -109,7 +109,7 @@ class ExperimentConfig:
 
     name: str = "digits"
     seeds: list[int] = field(default_factory=lambda: [0])
-    strategies: list[str] = field(default_factory=lambda: ["random", "entropy", "coreset"])
+    strategies: list[str] = field(default_factory=lambda: ["random", "entropy", "coreset", "lfosa", "jsosal"])
     strategy_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     output_dir: str | None = None
     data: DataConfig = field(default_factory=DataConfig)

@@ -11,7 +11,7 @@ from osal_ray.config import ExperimentConfig
 from osal_ray.errors import InputError
 
 PROTOCOLS = ("mismatch", "ood_ratio")
-CLASS_WEIGHTINGS = ("none", "inverse_frequency")
+CLASS_WEIGHTINGS = ("auto", "none", "inverse_frequency")
 
 
 def validate_config(config: ExperimentConfig) -> None:

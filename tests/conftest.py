@@ -66,4 +66,11 @@ def synthetic_column(name: str, n: int, k: int, rng: np.random.Generator) -> np.
         return -(p * np.log(p)).sum(1)
     if name == "embedding":
         return rng.normal(size=(n, 16)).astype(np.float32)
+    if name == "det_pred":
+        return rng.integers(0, k + 1, n)
+    if name == "det_mav":
+        # Two clusters per class: high (known) and low (unknown) maximum activation values.
+        return np.where(rng.random(n) < 0.5, rng.normal(6.0, 0.5, n), rng.normal(2.0, 0.5, n)).astype(np.float32)
+    if name == "det_known_margin":
+        return rng.normal(size=n).astype(np.float32)
     raise KeyError(f"no synthetic data for score column {name!r}: add a case to tests/conftest.py")

@@ -8,6 +8,8 @@ import numpy as np
 
 from osal_ray.config import ExperimentConfig
 from osal_ray.data.pool import PoolManifest
+from osal_ray.scoring import networks_for
+from osal_ray.strategies import Strategy
 from osal_ray.training.checkpoints import NetworkSpec
 
 
@@ -30,18 +32,30 @@ class NetworkPlan:
         return list(labeled_ids) + list(invalid_ids), list(labeled_labels) + [num_known] * len(invalid_ids)
 
 
-def plan_networks(config: ExperimentConfig, manifest: PoolManifest, names: set[str]) -> list[NetworkPlan]:
-    """The plans for ``names`` (the classifier is always trained: it is what accuracy measures)."""
+def plan_networks(config: ExperimentConfig, manifest: PoolManifest, strategy: Strategy) -> list[NetworkPlan]:
+    """The networks ``strategy``'s score columns need, plus the classifier (what accuracy measures).
+
+    The detector has K+1 outputs and learns the invalid (queried unknown) samples as class K,
+    with cross-entropy on logits / ``detector.temperature``, weighted as ``detector.class_weights``
+    says (``auto``: the method's own choice, inverse frequency for JSOSAL, none for LfOSA).
+    """
+    names = networks_for(strategy.columns) | {"classifier"}
     height, _, channels = manifest.image_shape
     k = manifest.num_known
-    plans = [
-        NetworkPlan(
-            "classifier",
-            NetworkSpec(config.model.classifier, k, channels, height, dict(config.model.kwargs)),
-            evaluate=True,
+    kwargs = dict(config.model.kwargs)
+    plans = [NetworkPlan("classifier", NetworkSpec(config.model.classifier, k, channels, height, kwargs), evaluate=True)]
+    if "detector" in names:
+        weighting = config.detector.class_weights
+        plans.append(
+            NetworkPlan(
+                "detector",
+                NetworkSpec(config.model.detector or config.model.classifier, k + 1, channels, height, kwargs),
+                include_invalid=True,
+                temperature=config.detector.temperature,
+                class_weighting=strategy.detector_class_weights if weighting == "auto" else weighting,
+            )
         )
-    ]
-    unknown = sorted(names - {"classifier"})
+    unknown = sorted(names - {p.name for p in plans})
     if unknown:
         raise ValueError(f"no training plan for networks {unknown}")
     return plans

@@ -22,7 +22,7 @@ from osal_ray.experiment import metrics
 from osal_ray.experiment.networks import NetworkPlan, network_seed, plan_networks
 from osal_ray.experiment.oracle import Oracle
 from osal_ray.experiment.state import QueryRecord, RoundRecord, RunState, run_settings
-from osal_ray.scoring import networks_for, score_pool
+from osal_ray.scoring import score_pool
 from osal_ray.strategies import LabeledScores, PoolScores, QueryContext, Selection, Strategy
 from osal_ray.training import TrainJob, fit_network
 
@@ -48,7 +48,7 @@ class RunContext:
 
 def run_trajectory(ctx: RunContext, state: RunState | None) -> RunState:
     """Run (or continue) the trajectory until ``al.rounds`` rounds are finished."""
-    plans = plan_networks(ctx.config, ctx.manifest, networks_for(ctx.strategy.columns) | {"classifier"})
+    plans = plan_networks(ctx.config, ctx.manifest, ctx.strategy)
     state_path = ctx.run_dir / "state.json"
     if state is None:
         state = RunState(ctx.strategy.name, ctx.seed, run_settings(ctx.config, ctx.strategy.name, ctx.seed))

@@ -65,3 +65,18 @@ def _entropy(out: NetworkOutput) -> torch.Tensor:
 @register_column("embedding", "classifier", "the classifier's penultimate-layer embedding, (N, D)")
 def _embedding(out: NetworkOutput) -> torch.Tensor:
     return out.embedding
+
+
+@register_column("det_pred", "detector", "the K+1 detector's predicted class (argmax; K means unknown)")
+def _det_pred(out: NetworkOutput) -> torch.Tensor:
+    return out.logits.argmax(dim=1)
+
+
+@register_column("det_mav", "detector", "maximum activation value: the detector's largest raw logit (LfOSA, JSOSAL Eq. 3)")
+def _det_mav(out: NetworkOutput) -> torch.Tensor:
+    return out.logits.max(dim=1).values
+
+
+@register_column("det_known_margin", "detector", "largest known-class logit minus the unknown logit of the detector")
+def _det_known_margin(out: NetworkOutput) -> torch.Tensor:
+    return out.logits[:, :-1].max(dim=1).values - out.logits[:, -1]

@@ -47,7 +47,8 @@ class PoolScorer:
         with torch.inference_mode():
             outputs = {name: NetworkOutput(*model.forward_all(x)) for name, model in self.networks.items()}
             for column in self.columns:
-                result[column.name] = column.compute(outputs[column.network]).float().cpu().numpy()
+                values = column.compute(outputs[column.network])
+                result[column.name] = (values if values.dtype == torch.int64 else values.float()).cpu().numpy()
         return result
 
 
@@ -82,7 +83,7 @@ def score_pool(
         else ray.data.ActorPoolStrategy(min_size=scoring.num_actors, max_size=scoring.max_actors)
     )
     use_gpu = scoring.gpus_per_actor > 0
-    dataset = ray.data.read_parquet(pool_paths(manifest), columns=["id", "image"]).map_batches(
+    dataset = ray.data.read_parquet(pool_paths(manifest)).select_columns(["id", "image"]).map_batches(
         PoolScorer,
         fn_constructor_kwargs={
             "manifest": manifest.to_dict(),

@@ -100,15 +100,19 @@ class Strategy:
     needs_labeled: bool = False
     defaults: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    detector_class_weights: str = "none"
+    check: Callable[[Mapping[str, Any]], None] | None = None
 
-    def resolve_params(self, params: Mapping[str, Any] | None, field_name: str | None = None) -> dict[str, Any]:
-        """Defaults overlaid with ``params``; an unknown parameter is an InputError."""
+    def resolve_params(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Defaults overlaid with ``params``; an unknown or impossible parameter is an InputError."""
         merged = dict(self.defaults)
         for key, value in (params or {}).items():
             if key not in self.defaults:
                 allowed = ", ".join(sorted(self.defaults)) or "none"
-                raise InputError(field_name or f"strategy_params.{self.name}.{key}", f"unknown parameter {key!r}; allowed: {allowed}")
+                raise InputError(f"strategy_params.{self.name}.{key}", f"unknown parameter {key!r}; allowed: {allowed}")
             merged[key] = value
+        if self.check is not None:
+            self.check(merged)
         return merged
 
     def select(self, pool: PoolScores, budget: int, context: QueryContext) -> Selection:
@@ -149,13 +153,22 @@ def register_strategy(
     columns: tuple[str, ...],
     needs_labeled: bool = False,
     defaults: Mapping[str, Any] | None = None,
+    detector_class_weights: str = "none",
+    check: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> Callable[[SelectFn], SelectFn]:
-    """Register ``fn(pool, budget, context) -> Selection``; its docstring is its description."""
+    """Register ``fn(pool, budget, context) -> Selection``; its docstring is its description.
+
+    ``detector_class_weights`` is the method's own loss weighting for the K+1 detector (used
+    when ``detector.class_weights`` is ``auto``); ``check`` validates resolved parameters.
+    """
 
     def register(fn: SelectFn) -> SelectFn:
         STRATEGIES.add(
             name,
-            Strategy(name, fn, tuple(columns), needs_labeled, dict(defaults or {}), (fn.__doc__ or "").strip()),
+            Strategy(
+                name, fn, tuple(columns), needs_labeled, dict(defaults or {}), (fn.__doc__ or "").strip(),
+                detector_class_weights, check,
+            ),
         )
         return fn
 
