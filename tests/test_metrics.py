@@ -32,6 +32,16 @@ def test_auroc_worked_example():
     assert math.isnan(metrics.auroc(np.array([0.1, 0.2]), np.array([1, 1])))
 
 
+def test_binary_scores_worked_example():
+    # predicted: T T F F T ; truth: T F F T T -> TP 2, FP 1, FN 1, TN 1
+    scores = metrics.binary_scores(np.array([1, 1, 0, 0, 1], bool), np.array([1, 0, 0, 1, 1], bool))
+    assert scores["accuracy"] == pytest.approx(3 / 5)
+    assert scores["precision"] == pytest.approx(2 / 3) and scores["recall"] == pytest.approx(2 / 3)
+    assert scores["f1"] == pytest.approx(2 / 3)
+    nothing = metrics.binary_scores(np.zeros(3, bool), np.array([1, 0, 1], bool))
+    assert math.isnan(nothing["precision"]) and nothing["recall"] == 0.0 and math.isnan(nothing["f1"])
+
+
 def _state(seed: int, accuracies: list[float], precisions: list[float]) -> RunState:
     state = RunState("entropy", seed, {})
     for r, (acc, prec) in enumerate(zip(accuracies, precisions)):

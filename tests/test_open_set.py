@@ -162,13 +162,14 @@ def test_detector_plans_follow_the_method_unless_configured(digits_config):
     jsosal_plans = {p.name: p for p in plan_networks(config, manifest, get_strategy("jsosal"))}
     assert set(jsosal_plans) == {"classifier", "detector"}
     detector = jsosal_plans["detector"]
-    assert detector.spec.num_outputs == 3 and detector.include_invalid and detector.temperature == 0.5
-    assert detector.class_weighting == "inverse_frequency"
-    assert {p.name: p for p in plan_networks(config, manifest, get_strategy("lfosa"))}["detector"].class_weighting == "none"
+    assert detector.spec.num_outputs == 3 and detector.include_invalid
+    assert detector.objective_params == {"temperature": 0.5, "class_weights": "inverse_frequency"}
+    lfosa_detector = {p.name: p for p in plan_networks(config, manifest, get_strategy("lfosa"))}["detector"]
+    assert lfosa_detector.objective_params["class_weights"] == "none"
     assert [p.name for p in plan_networks(config, manifest, get_strategy("entropy"))] == ["classifier"]
     ablation = digits_config(**{"detector.class_weights": "none", "detector.temperature": 1.0})
     plan = {p.name: p for p in plan_networks(ablation, manifest, get_strategy("jsosal"))}["detector"]
-    assert (plan.class_weighting, plan.temperature) == ("none", 1.0)
+    assert plan.objective_params == {"temperature": 1.0, "class_weights": "none"}
     ids, labels = plan.training_set([1, 2], [0, 1], [7, 9], num_known=2)
     assert (ids, labels) == ([1, 2, 7, 9], [0, 1, 2, 2])
 
@@ -184,7 +185,8 @@ def test_two_round_jsosal_run_on_digits(ray_session, digits_config):
     queried = rounds[rounds["round"] > 0]
     assert len(queried) == 4
     assert queried["auroc_known_probability"].between(0.0, 1.0).all()
-    assert queried["known_fraction_candidates"].between(0.0, 1.0).all()
+    for column in ("filter_accuracy", "filter_precision", "filter_recall", "filter_f1"):
+        assert queried[column].between(0.0, 1.0).all()
     assert queried[queried["strategy"] == "jsosal"]["known_fraction_top_a"].notna().all()
     assert queried[queried["strategy"] == "lfosa"]["known_fraction_top_a"].isna().all()
     assert (queried["budget_spent"] == queried["round"] * 10).all()

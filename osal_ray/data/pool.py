@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ class PoolManifest:
     num_initial: int
     num_test: int
     fingerprint: str
+    vector_columns: dict[str, int] = field(default_factory=dict)
 
     @property
     def num_known(self) -> int:
@@ -66,6 +67,14 @@ class PoolManifest:
         for key in ("image_shape", "mean", "std", "class_names", "known_classes", "pool_files"):
             fields[key] = tuple(fields[key])
         return cls(**fields)
+
+    def input_size(self, column: str) -> tuple[int, int]:
+        """(channels, side) of a model input: the image's, or (dimension, 1) of a vector column."""
+        if column == "image":
+            return self.image_shape[2], self.image_shape[0]
+        if column not in self.vector_columns:
+            raise KeyError(f"the pool has no stored column {column!r}; it has image and {sorted(self.vector_columns)}")
+        return self.vector_columns[column], 1
 
 
 def split_fingerprint(dataset: str, split: OpenSetSplit, extra: str = "") -> str:
@@ -151,24 +160,49 @@ def decode_images(column: pa.Array | pa.ChunkedArray, manifest: PoolManifest) ->
     return flat.reshape((len(column), *manifest.image_shape))
 
 
+def decode_vectors(column: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray:
+    """Turn a fixed-size-binary column of float32 vectors into (N, dim) float32 without copying."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    flat = np.frombuffer(column.buffers()[1], dtype=np.float32, offset=column.offset * dim * 4, count=len(column) * dim)
+    return flat.reshape(len(column), dim)
+
+
+def vector_column(values: np.ndarray) -> pa.Array:
+    """(N, D) float32 -> a fixed-size-binary column (the stored form of a cached feature)."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(values.shape[1] * 4), len(values), [None, pa.py_buffer(values.tobytes())])
+
+
+def read_table(paths: list[str], columns: list[str], ids: np.ndarray | None = None) -> pa.Table:
+    """Rows of the given ids (all when ``ids`` is None), only ``columns`` (plus id), sorted by id."""
+    dataset = pads.dataset(paths, format="parquet")
+    row_filter = None if ids is None else pads.field("id").isin(pa.array(np.asarray(ids, dtype=np.int64)))
+    wanted = ["id"] + [c for c in columns if c != "id"]
+    return dataset.to_table(columns=wanted, filter=row_filter).sort_by("id")
+
+
 def read_rows(paths: list[str], manifest: PoolManifest, ids: np.ndarray | None = None, with_labels: bool = False
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Read (ids, images, labels?) of the given ids (all rows when ``ids`` is None), sorted by id."""
-    columns = ["id", "image"] + (["label"] if with_labels else [])
-    dataset = pads.dataset(paths, format="parquet")
-    row_filter = None if ids is None else pads.field("id").isin(pa.array(np.asarray(ids, dtype=np.int64)))
-    table = dataset.to_table(columns=columns, filter=row_filter)
-    table = table.sort_by("id")
-    row_ids = table.column("id").to_numpy()
-    images = decode_images(table.column("image"), manifest)
+    table = read_table(paths, ["image"] + (["label"] if with_labels else []), ids)
     labels = table.column("label").to_numpy() if with_labels else None
-    return row_ids, images, labels
+    return table.column("id").to_numpy(), decode_images(table.column("image"), manifest), labels
 
 
 def read_labels(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(ids, true labels) of every row: what the simulated oracle reads, and nothing else does."""
     table = pads.dataset(paths, format="parquet").to_table(columns=["id", "label"]).sort_by("id")
     return table.column("id").to_numpy(), table.column("label").to_numpy()
+
+
+def model_input(table: pa.Table, manifest: PoolManifest, column: str) -> "torch.Tensor":  # noqa: F821
+    """A network's input from a batch: the normalised image, or a stored vector column as floats."""
+    import torch
+
+    if column == "image":
+        return to_model_input(decode_images(table.column("image"), manifest), manifest)
+    return torch.from_numpy(decode_vectors(table.column(column), manifest.vector_columns[column]).copy())
 
 
 def to_model_input(images: np.ndarray, manifest: PoolManifest) -> "torch.Tensor":  # noqa: F821

@@ -43,3 +43,18 @@ def auroc(scores: np.ndarray, is_positive: np.ndarray) -> float:
     if is_positive.all() or not is_positive.any():
         return math.nan
     return float(roc_auc_score(is_positive, np.asarray(scores, dtype=np.float64)))
+
+
+def binary_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Accuracy, precision, recall and F1 of a known-vs-unknown decision (NaN where undefined)."""
+    predicted = np.asarray(predicted, dtype=bool)
+    truth = np.asarray(truth, dtype=bool)
+    true_positive = float(np.sum(predicted & truth))
+    precision_value = true_positive / predicted.sum() if predicted.any() else math.nan
+    recall_value = true_positive / truth.sum() if truth.any() else math.nan
+    if math.isnan(precision_value) or math.isnan(recall_value) or precision_value + recall_value == 0:
+        f1 = math.nan if math.isnan(precision_value) or math.isnan(recall_value) else 0.0
+    else:
+        f1 = 2 * precision_value * recall_value / (precision_value + recall_value)
+    accuracy = float(np.mean(predicted == truth)) if len(truth) else math.nan
+    return {"accuracy": accuracy, "precision": precision_value, "recall": recall_value, "f1": f1}

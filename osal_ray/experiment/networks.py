@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from osal_ray.config import ExperimentConfig
 from osal_ray.data.pool import PoolManifest
+from osal_ray.models import model_input
 from osal_ray.scoring import networks_for
 from osal_ray.strategies import Strategy
 from osal_ray.training.checkpoints import NetworkSpec
@@ -15,13 +17,13 @@ from osal_ray.training.checkpoints import NetworkSpec
 
 @dataclass(frozen=True)
 class NetworkPlan:
-    """How one network is trained: its spec, whether invalid samples join as class K, its loss."""
+    """How one network is trained: its spec, its objective, and which samples it learns from."""
 
     name: str
     spec: NetworkSpec
+    objective: str = "cross_entropy"
+    objective_params: dict[str, Any] = field(default_factory=dict)
     include_invalid: bool = False
-    temperature: float = 1.0
-    class_weighting: str = "none"
     evaluate: bool = False
 
     def training_set(self, labeled_ids: list[int], labeled_labels: list[int], invalid_ids: list[int], num_known: int
@@ -40,25 +42,32 @@ def plan_networks(config: ExperimentConfig, manifest: PoolManifest, strategy: St
     says (``auto``: the method's own choice, inverse frequency for JSOSAL, none for LfOSA).
     """
     names = networks_for(strategy.columns) | {"classifier"}
-    height, _, channels = manifest.image_shape
     k = manifest.num_known
-    kwargs = dict(config.model.kwargs)
-    plans = [NetworkPlan("classifier", NetworkSpec(config.model.classifier, k, channels, height, kwargs), evaluate=True)]
+    plans = [NetworkPlan("classifier", _spec(config.model.classifier, k, manifest, config.model.kwargs), evaluate=True)]
     if "detector" in names:
         weighting = config.detector.class_weights
         plans.append(
             NetworkPlan(
                 "detector",
-                NetworkSpec(config.model.detector or config.model.classifier, k + 1, channels, height, kwargs),
+                _spec(config.model.detector or config.model.classifier, k + 1, manifest, config.model.kwargs),
+                objective_params={
+                    "temperature": config.detector.temperature,
+                    "class_weights": strategy.detector_class_weights if weighting == "auto" else weighting,
+                },
                 include_invalid=True,
-                temperature=config.detector.temperature,
-                class_weighting=strategy.detector_class_weights if weighting == "auto" else weighting,
             )
         )
     unknown = sorted(names - {p.name for p in plans})
     if unknown:
         raise ValueError(f"no training plan for networks {unknown}")
     return plans
+
+
+def _spec(model: str, outputs: int, manifest: PoolManifest, kwargs: dict[str, Any]) -> NetworkSpec:
+    """A network reading the model's input column (the image, or a cached feature) of this pool."""
+    column = model_input(model)
+    channels, side = manifest.input_size(column)
+    return NetworkSpec(model, outputs, channels, side, dict(kwargs), input=column)
 
 
 def network_seed(seed: int, round_index: int, network_index: int) -> int:

@@ -64,6 +64,7 @@ class RunState:
     rounds: list[RoundRecord] = field(default_factory=list)
     rng_state: dict[str, Any] = field(default_factory=dict)
     checkpoints: dict[str, str] = field(default_factory=dict)
+    carry_file: str | None = None
     version: int = STATE_VERSION
 
     def annotated_ids(self) -> np.ndarray:

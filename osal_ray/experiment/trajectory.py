@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -22,7 +23,8 @@ from osal_ray.experiment import metrics
 from osal_ray.experiment.networks import NetworkPlan, network_seed, plan_networks
 from osal_ray.experiment.oracle import Oracle
 from osal_ray.experiment.state import QueryRecord, RoundRecord, RunState, run_settings
-from osal_ray.scoring import score_pool
+from osal_ray.scoring import context_for, score_pool
+from osal_ray.scoring.context import ScoringState, build_context
 from osal_ray.strategies import LabeledScores, PoolScores, QueryContext, Selection, Strategy
 from osal_ray.training import TrainJob, fit_network
 
@@ -95,9 +97,11 @@ def _query_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], rou
     started = time.perf_counter()
     scores = score_pool(
         ctx.manifest,
-        {name: path for name, path in state.checkpoints.items()},
+        state.checkpoints,
         list(ctx.strategy.columns),
         ctx.config.scoring,
+        network_inputs={plan.name: plan.spec.input for plan in plans},
+        context=build_context(context_for(ctx.strategy.columns), ScoringState(ctx.config, ctx.manifest, state.labeled_ids, state.labeled_labels)),
         progress=lambda msg: ctx.log(f"{ctx.label} round {round_index}/{rounds}: {msg}"),
     )
     scored = time.perf_counter()
@@ -115,8 +119,10 @@ def _query_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], rou
         params=ctx.config.strategy_params.get(ctx.strategy.name, {}),
         labeled=labeled,
         round=round_index,
+        carry=load_carry(ctx.run_dir, state.carry_file),
     )
     selection = ctx.strategy.select(pool, ctx.config.al.budget, context)
+    state.carry_file = save_carry(ctx.run_dir, round_index, selection.carry)
     selected = time.perf_counter()
 
     chosen = pool.ids[selection.indices]
@@ -155,11 +161,33 @@ def _query_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], rou
     return record
 
 
+def load_carry(run_dir: Path, name: str | None) -> dict[str, np.ndarray]:
+    """The arrays a strategy carried over from its previous round (empty at first)."""
+    if name is None:
+        return {}
+    with np.load(run_dir / name, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def save_carry(run_dir: Path, round_index: int, carry: Mapping[str, np.ndarray]) -> str | None:
+    """Write a strategy's carried arrays before the round's state refers to them."""
+    if not carry:
+        return None
+    name = f"carry_round_{round_index:03d}.npz"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".{name}.tmp.npz"
+    np.savez(tmp, **{key: np.asarray(value) for key, value in carry.items()})
+    os.replace(tmp, run_dir / name)
+    return name
+
+
 def selection_diagnostics(selection: Selection, pool: PoolScores, oracle: Oracle) -> dict[str, float]:
     """Evaluate a strategy's per-candidate diagnostics against the truth.
 
-    A float array ``x`` gives ``auroc_x`` (how well it ranks known above unknown); a boolean
-    mask ``m`` gives ``known_fraction_m`` (the known share of the samples it marks).
+    - a float array ``x`` gives ``auroc_x``: how well it ranks known above unknown;
+    - the boolean mask ``predicted_known`` (an open-set filter's decision) gives
+      ``filter_accuracy``, ``filter_precision``, ``filter_recall`` and ``filter_f1``;
+    - any other boolean mask ``m`` gives ``known_fraction_m``: the known share of what it marks.
     Scalars in ``selection.values`` are recorded as they are.
     """
     extra = {name: float(value) for name, value in selection.values.items()}
@@ -168,10 +196,12 @@ def selection_diagnostics(selection: Selection, pool: PoolScores, oracle: Oracle
     is_known = oracle.known_index(pool.ids) >= 0
     for name, values in selection.diagnostics.items():
         values = np.asarray(values)
-        if values.dtype == bool:
-            extra[f"known_fraction_{name}"] = metrics.precision(is_known[values])
-        else:
+        if values.dtype != bool:
             extra[f"auroc_{name}"] = metrics.auroc(values, is_known)
+        elif name == "predicted_known":
+            extra.update({f"filter_{k}": v for k, v in metrics.binary_scores(values, is_known).items()})
+        else:
+            extra[f"known_fraction_{name}"] = metrics.precision(is_known[values])
     return extra
 
 
@@ -195,8 +225,8 @@ def _train_all(ctx: RunContext, state: RunState, plans: list[NetworkPlan], round
             labels=labels,
             seed=network_seed(ctx.seed, round_index, index),
             train=train,
-            temperature=plan.temperature,
-            class_weighting=plan.class_weighting,
+            objective=plan.objective,
+            objective_params=plan.objective_params,
             evaluate=plan.evaluate,
             init_checkpoint=None if train.reinit else state.checkpoints.get(plan.name),
             log_prefix=f"{ctx.label} round {round_index}" if train.epochs >= 20 and len(ids) >= 2000 else "",

@@ -1,9 +1,22 @@
-"""The shape every network shares: features -> embedding -> linear head."""
+"""The shape every network shares: features -> embedding -> linear head, and what it outputs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Mapping
+
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class NetworkOutput:
+    """One forward pass: logits, penultimate embedding, intermediate feature maps, head outputs."""
+
+    logits: torch.Tensor
+    embedding: torch.Tensor
+    intermediates: list[torch.Tensor]
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 class FeatureNetwork(nn.Module):
@@ -21,10 +34,10 @@ class FeatureNetwork(nn.Module):
         """Return (embedding, intermediate feature maps) for a batch."""
         raise NotImplementedError
 
-    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """Return (logits, embedding, intermediate feature maps)."""
+    def forward_all(self, x: torch.Tensor) -> NetworkOutput:
+        """Logits, embedding and intermediate feature maps in one pass."""
         embedding, intermediates = self.forward_features(x)
-        return self.head(embedding), embedding, intermediates
+        return NetworkOutput(self.head(embedding), embedding, intermediates)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         embedding, _ = self.forward_features(x)

@@ -1,6 +1,24 @@
 """Scoring the pool: the column registry and the Ray Data actor-pool pass."""
 
-from osal_ray.scoring.columns import COLUMNS, NetworkOutput, ScoreColumn, networks_for, register_column
+from osal_ray.scoring.columns import (
+    COLUMNS,
+    ColumnInputs,
+    ScoreColumn,
+    context_for,
+    networks_for,
+    register_column,
+    stored_columns_for,
+)
 from osal_ray.scoring.pool_pass import PoolScorer, score_pool
 
-__all__ = ["COLUMNS", "NetworkOutput", "PoolScorer", "ScoreColumn", "networks_for", "register_column", "score_pool"]
+__all__ = [
+    "COLUMNS",
+    "ColumnInputs",
+    "PoolScorer",
+    "ScoreColumn",
+    "context_for",
+    "networks_for",
+    "register_column",
+    "score_pool",
+    "stored_columns_for",
+]

@@ -1,46 +1,55 @@
-"""Score columns: what the scoring pass can compute, and which network each comes from.
+"""Score columns: what the scoring pass can compute, and what each one is computed from.
 
 A strategy declares the column names it needs; the pass loads only the networks those
-columns name and returns only those columns.
+columns name, reads only the stored pool columns they read, and returns only those columns.
+A column is computed from one network's forward pass, from stored pool columns (such as a
+cached CLIP image embedding), and from per-round context arrays the driver prepares (such as
+class-mean embeddings of the labeled samples).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 
+from osal_ray.models.base import NetworkOutput
 from osal_ray.registry import Registry
 
 
 @dataclass(frozen=True)
-class NetworkOutput:
-    """One network's forward pass on a batch."""
+class ColumnInputs:
+    """What a column may be computed from, for one batch."""
 
-    logits: torch.Tensor
-    embedding: torch.Tensor
-    intermediates: list[torch.Tensor]
+    outputs: Mapping[str, NetworkOutput]
+    stored: Mapping[str, torch.Tensor]
+    context: Mapping[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class ScoreColumn:
-    """A per-sample column computed from one network's output."""
+    """A per-sample column, the network it needs (if any), the stored columns and context it reads."""
 
     name: str
-    network: str
-    compute: Callable[[NetworkOutput], torch.Tensor]
+    compute: Callable[[ColumnInputs], torch.Tensor]
     description: str
+    network: str | None = None
+    reads: tuple[str, ...] = ()
+    context: tuple[str, ...] = ()
 
 
 COLUMNS: Registry[ScoreColumn] = Registry("score column")
 
 
-def register_column(name: str, network: str, description: str) -> Callable[[Callable[[NetworkOutput], torch.Tensor]], Callable[[NetworkOutput], torch.Tensor]]:
-    """Register ``compute(NetworkOutput) -> Tensor`` as column ``name`` of ``network``."""
+def register_column(
+    name: str, description: str, *, network: str | None = None, reads: tuple[str, ...] = (), context: tuple[str, ...] = ()
+) -> Callable[[Callable[[ColumnInputs], torch.Tensor]], Callable[[ColumnInputs], torch.Tensor]]:
+    """Register ``compute(ColumnInputs) -> Tensor`` as column ``name``."""
 
-    def register(fn: Callable[[NetworkOutput], torch.Tensor]) -> Callable[[NetworkOutput], torch.Tensor]:
-        COLUMNS.add(name, ScoreColumn(name, network, fn, description))
+    def register(fn: Callable[[ColumnInputs], torch.Tensor]) -> Callable[[ColumnInputs], torch.Tensor]:
+        COLUMNS.add(name, ScoreColumn(name, fn, description, network, tuple(reads), tuple(context)))
         return fn
 
     return register
@@ -48,35 +57,58 @@ def register_column(name: str, network: str, description: str) -> Callable[[Call
 
 def networks_for(columns: Iterable[str]) -> set[str]:
     """The networks that must be trained and loaded to compute ``columns``."""
-    return {COLUMNS.get(name).network for name in columns}
+    return {c.network for c in map(COLUMNS.get, columns) if c.network is not None}
 
 
-@register_column("probs", "classifier", "softmax class probabilities of the K-way classifier, (N, K)")
-def _probs(out: NetworkOutput) -> torch.Tensor:
-    return torch.softmax(out.logits, dim=1)
+def stored_columns_for(columns: Iterable[str]) -> set[str]:
+    """The stored pool columns (besides the image) that ``columns`` read."""
+    return {name for c in map(COLUMNS.get, columns) for name in c.reads}
 
 
-@register_column("entropy", "classifier", "entropy (nats) of the classifier's class probabilities")
-def _entropy(out: NetworkOutput) -> torch.Tensor:
-    log_p = torch.log_softmax(out.logits, dim=1)
+def context_for(columns: Iterable[str]) -> set[str]:
+    """The per-round context arrays that ``columns`` need from the driver."""
+    return {name for c in map(COLUMNS.get, columns) for name in c.context}
+
+
+def as_tensors(arrays: Mapping[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(np.asarray(v), device=device) for k, v in arrays.items()}
+
+
+def _classifier(inputs: ColumnInputs) -> NetworkOutput:
+    return inputs.outputs["classifier"]
+
+
+def _detector(inputs: ColumnInputs) -> NetworkOutput:
+    return inputs.outputs["detector"]
+
+
+@register_column("probs", "softmax class probabilities of the K-way classifier, (N, K)", network="classifier")
+def _probs(inputs: ColumnInputs) -> torch.Tensor:
+    return torch.softmax(_classifier(inputs).logits, dim=1)
+
+
+@register_column("entropy", "entropy (nats) of the classifier's class probabilities", network="classifier")
+def _entropy(inputs: ColumnInputs) -> torch.Tensor:
+    log_p = torch.log_softmax(_classifier(inputs).logits, dim=1)
     return -(log_p.exp() * log_p).sum(dim=1)
 
 
-@register_column("embedding", "classifier", "the classifier's penultimate-layer embedding, (N, D)")
-def _embedding(out: NetworkOutput) -> torch.Tensor:
-    return out.embedding
+@register_column("embedding", "the classifier's penultimate-layer embedding, (N, D)", network="classifier")
+def _embedding(inputs: ColumnInputs) -> torch.Tensor:
+    return _classifier(inputs).embedding
 
 
-@register_column("det_pred", "detector", "the K+1 detector's predicted class (argmax; K means unknown)")
-def _det_pred(out: NetworkOutput) -> torch.Tensor:
-    return out.logits.argmax(dim=1)
+@register_column("det_pred", "the K+1 detector's predicted class (argmax; K means unknown)", network="detector")
+def _det_pred(inputs: ColumnInputs) -> torch.Tensor:
+    return _detector(inputs).logits.argmax(dim=1)
 
 
-@register_column("det_mav", "detector", "maximum activation value: the detector's largest raw logit (LfOSA, JSOSAL Eq. 3)")
-def _det_mav(out: NetworkOutput) -> torch.Tensor:
-    return out.logits.max(dim=1).values
+@register_column("det_mav", "maximum activation value: the detector's largest raw logit (LfOSA, JSOSAL Eq. 3)", network="detector")
+def _det_mav(inputs: ColumnInputs) -> torch.Tensor:
+    return _detector(inputs).logits.max(dim=1).values
 
 
-@register_column("det_known_margin", "detector", "largest known-class logit minus the unknown logit of the detector")
-def _det_known_margin(out: NetworkOutput) -> torch.Tensor:
-    return out.logits[:, :-1].max(dim=1).values - out.logits[:, -1]
+@register_column("det_known_margin", "largest known-class logit minus the unknown logit of the detector", network="detector")
+def _det_known_margin(inputs: ColumnInputs) -> torch.Tensor:
+    logits = _detector(inputs).logits
+    return logits[:, :-1].max(dim=1).values - logits[:, -1]

@@ -1,30 +1,32 @@
 """One Ray Data pass over the pool: an actor pool of ``PoolScorer`` computes the score columns.
 
-Actors get checkpoint paths and the (small) pool manifest, never weights, so an actor that
-Ray restarts can rebuild itself. Actors reserve a fraction of a CPU by default: an actor pool
-that reserves whole CPUs starves Ray Data's read tasks on a 2-CPU machine.
+Actors get checkpoint paths, the (small) pool manifest and the round's small context arrays,
+never weights, so an actor that Ray restarts can rebuild itself. Actors reserve a fraction of
+a CPU by default: an actor pool that reserves whole CPUs starves Ray Data's read tasks on a
+2-CPU machine.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
 from osal_ray.config import ScoringConfig
-from osal_ray.data.pool import PoolManifest, decode_images, pool_paths, to_model_input
-from osal_ray.scoring.columns import COLUMNS, NetworkOutput
+from osal_ray.data.pool import PoolManifest, decode_vectors, model_input, pool_paths
+from osal_ray.scoring.columns import COLUMNS, ColumnInputs, as_tensors, networks_for, stored_columns_for
 from osal_ray.strategies.base import PoolScores
 
 
 class PoolScorer:
-    """Callable class for ``map_batches``: pyarrow batch of (id, image) -> id + score columns."""
+    """Callable class for ``map_batches``: pyarrow batch of stored columns -> id + score columns."""
 
-    def __init__(self, manifest: dict, checkpoints: dict[str, str], columns: list[str], use_gpu: bool, threads: int) -> None:
+    def __init__(self, manifest: dict, checkpoints: dict[str, str], columns: list[str], context: dict[str, np.ndarray],
+                 use_gpu: bool, threads: int) -> None:
         import torch
 
         from osal_ray.training.checkpoints import load_network
@@ -33,21 +35,31 @@ class PoolScorer:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.manifest = PoolManifest.from_dict(manifest)
         self.columns = [COLUMNS.get(name) for name in columns]
+        self.context = as_tensors(context, self.device)
         self.networks = {}
-        for network in sorted({column.network for column in self.columns}):
-            model, _ = _load_checkpoint(checkpoints[network], load_network)
-            self.networks[network] = model.eval().to(self.device)
+        for network in sorted(networks_for(columns)):
+            model, spec = _load_checkpoint(checkpoints[network], load_network)
+            self.networks[network] = (model.eval().to(self.device), spec.input)
+        self.stored = sorted(stored_columns_for(columns))
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         import torch
 
-        images = decode_images(batch.column("image"), self.manifest)
-        x = to_model_input(images, self.manifest).to(self.device)
         result = {"id": batch.column("id").to_numpy()}
         with torch.inference_mode():
-            outputs = {name: NetworkOutput(*model.forward_all(x)) for name, model in self.networks.items()}
+            inputs = ColumnInputs(
+                outputs={
+                    name: model.forward_all(model_input(batch, self.manifest, column).to(self.device))
+                    for name, (model, column) in self.networks.items()
+                },
+                stored={
+                    name: torch.from_numpy(decode_vectors(batch.column(name), self.manifest.vector_columns[name]).copy()).to(self.device)
+                    for name in self.stored
+                },
+                context=self.context,
+            )
             for column in self.columns:
-                values = column.compute(outputs[column.network])
+                values = column.compute(inputs)
                 result[column.name] = (values if values.dtype == torch.int64 else values.float()).cpu().numpy()
         return result
 
@@ -64,12 +76,18 @@ def _load_checkpoint(path: str, load_network: Callable):
 
 def score_pool(
     manifest: PoolManifest,
-    checkpoints: dict[str, str],
+    checkpoints: Mapping[str, str],
     columns: list[str],
     scoring: ScoringConfig,
+    network_inputs: Mapping[str, str] | None = None,
+    context: Mapping[str, np.ndarray] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> PoolScores:
-    """Score every pool row with the given networks; returns ids (sorted) and the columns."""
+    """Score every pool row; returns ids (sorted) and the requested columns.
+
+    ``network_inputs`` names the stored column each network reads (default: the image);
+    ``context`` holds the round's small arrays for columns that declare them.
+    """
     import ray.data
 
     if not columns:
@@ -83,12 +101,15 @@ def score_pool(
         else ray.data.ActorPoolStrategy(min_size=scoring.num_actors, max_size=scoring.max_actors)
     )
     use_gpu = scoring.gpus_per_actor > 0
-    dataset = ray.data.read_parquet(pool_paths(manifest)).select_columns(["id", "image"]).map_batches(
+    inputs = network_inputs or {}
+    stored = stored_columns_for(columns) | {inputs.get(network, "image") for network in networks_for(columns)}
+    dataset = ray.data.read_parquet(pool_paths(manifest)).select_columns(["id", *sorted(stored)]).map_batches(
         PoolScorer,
         fn_constructor_kwargs={
             "manifest": manifest.to_dict(),
-            "checkpoints": checkpoints,
+            "checkpoints": dict(checkpoints),
             "columns": list(columns),
+            "context": {k: np.asarray(v) for k, v in (context or {}).items()},
             "use_gpu": use_gpu,
             "threads": max(1, math.ceil(scoring.cpus_per_actor)),
         },

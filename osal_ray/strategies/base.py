@@ -13,6 +13,7 @@ Strategies never touch Ray, files or true labels, so they are unit-tested on han
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -70,6 +71,7 @@ class QueryContext:
     params: Mapping[str, Any] = field(default_factory=dict)
     labeled: LabeledScores | None = None
     round: int = 1
+    carry: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,16 @@ class Selection:
 
     ``diagnostics`` holds per-candidate arrays (length of the pool) that the loop evaluates
     against the truth, e.g. ``known_probability`` for the AUROC of an open-set filter, and
-    per-round scalars in ``values`` (e.g. a tuned temperature).
+    per-round scalars in ``values`` (e.g. a tuned temperature). ``carry`` holds arrays the
+    strategy wants back next round (e.g. a meta-network's weights); the loop saves them with
+    the run state and passes them in ``QueryContext.carry``.
     """
 
     indices: np.ndarray
     scores: np.ndarray
     diagnostics: Mapping[str, np.ndarray] = field(default_factory=dict)
     values: Mapping[str, float] = field(default_factory=dict)
+    carry: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 SelectFn = Callable[[PoolScores, int, QueryContext], Selection]
@@ -124,15 +129,9 @@ class Strategy:
             raise ValueError(f"strategy {self.name!r} needs the labeled samples' scores")
         if budget < 0:
             raise ValueError("budget must be non-negative")
-        context = QueryContext(
-            num_known=context.num_known,
-            rng=context.rng,
-            params=self.resolve_params(context.params),
-            labeled=context.labeled,
-            round=context.round,
-        )
+        context = dataclasses.replace(context, params=self.resolve_params(context.params))
         if budget == 0 or len(pool) == 0:
-            return Selection(np.empty(0, dtype=np.int64), np.empty(0))
+            return Selection(np.empty(0, dtype=np.int64), np.empty(0), carry=context.carry)
         selection = self.fn(pool, budget, context)
         indices = np.asarray(selection.indices, dtype=np.int64)
         if len(indices) > budget:
@@ -141,7 +140,7 @@ class Strategy:
             raise RuntimeError(f"strategy {self.name!r} returned repeated indices")
         if len(indices) and (indices.min() < 0 or indices.max() >= len(pool)):
             raise RuntimeError(f"strategy {self.name!r} returned indices outside the pool")
-        return Selection(indices, np.asarray(selection.scores, dtype=np.float64), selection.diagnostics, selection.values)
+        return dataclasses.replace(selection, indices=indices, scores=np.asarray(selection.scores, dtype=np.float64))
 
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")

@@ -86,7 +86,7 @@ def _finish(pool: PoolScores, budget: int, chosen: np.ndarray, scores: np.ndarra
     return Selection(
         np.concatenate([chosen, extra]),
         np.concatenate([scores, np.full(len(extra), math.nan)]),
-        diagnostics={"known_probability": probability, "candidates": candidates, **marks},
+        diagnostics={"known_probability": probability, "predicted_known": candidates, **marks},
         values=values,
     )
 

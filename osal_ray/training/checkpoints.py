@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from osal_ray.errors import InputError
-from osal_ray.models import FeatureNetwork, create_model
+from osal_ray.models import create_model
+from osal_ray.models.heads import attach_head
 
 FORMAT = "osal_ray.network/1"
 MODEL_FILE = "model.pt"
@@ -18,16 +19,22 @@ MODEL_FILE = "model.pt"
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """Everything needed to rebuild a network: registry name, output count, input shape, kwargs."""
+    """Everything needed to rebuild a network: registry name, output count, input, kwargs, head."""
 
     model: str
     num_outputs: int
     in_channels: int
     image_size: int
     kwargs: dict[str, Any] = field(default_factory=dict)
+    input: str = "image"
+    head: str | None = None
+    head_kwargs: dict[str, Any] = field(default_factory=dict)
 
-    def build(self) -> FeatureNetwork:
-        return create_model(self.model, self.num_outputs, self.in_channels, self.image_size, **self.kwargs)
+    def build(self) -> torch.nn.Module:
+        backbone = create_model(self.model, self.num_outputs, self.in_channels, self.image_size, **self.kwargs)
+        if self.head is None:
+            return backbone
+        return attach_head(self.head, backbone, **self.head_kwargs)
 
 
 def save_network(model: torch.nn.Module, spec: NetworkSpec, path: Path) -> None:
@@ -39,7 +46,7 @@ def save_network(model: torch.nn.Module, spec: NetworkSpec, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_network(path: str | Path, expected: NetworkSpec | None = None, field_name: str = "checkpoint") -> tuple[FeatureNetwork, NetworkSpec]:
+def load_network(path: str | Path, expected: NetworkSpec | None = None, field_name: str = "checkpoint") -> tuple[torch.nn.Module, NetworkSpec]:
     """Load a checkpoint written by ``save_network``; refuse anything else with a clear error.
 
     A directory is taken to hold ``model.pt``. With ``expected``, a checkpoint of another

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from osal_ray.config import TrainConfig
-from osal_ray.data.pool import PoolManifest, pool_paths, read_rows, to_model_input
+from osal_ray.data.pool import PoolManifest, model_input, pool_paths, read_table
 from osal_ray.training.checkpoints import MODEL_FILE, NetworkSpec, load_network, save_network
-from osal_ray.training.losses import inverse_frequency_weights, temperature_cross_entropy
+from osal_ray.training.objectives import OBJECTIVES
 
 TRAIN_STATE_FILE = "train_state.pt"
 
@@ -37,8 +37,8 @@ class TrainJob:
     labels: list[int]
     seed: int
     train: TrainConfig
-    temperature: float = 1.0
-    class_weighting: str = "none"
+    objective: str = "cross_entropy"
+    objective_params: dict[str, Any] = field(default_factory=dict)
     evaluate: bool = False
     init_checkpoint: str | None = None
     local_checkpoint_dir: str | None = None
@@ -70,9 +70,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     generator = torch.Generator().manual_seed(job.seed + 1)
 
     x, y = _load_labeled(job)
-    weights = None
-    if job.class_weighting == "inverse_frequency":
-        weights = torch.tensor(inverse_frequency_weights(y.numpy(), job.spec.num_outputs), dtype=torch.float32, device=device)
+    objective = OBJECTIVES.get(job.objective, "training objective")(
+        job.objective_params, job.spec.num_outputs, y.numpy(), device, generator
+    )
     loader = DataLoader(TensorDataset(x, y), batch_size=job.train.batch_size, shuffle=True, generator=generator)
     if distributed and world > 1:
         loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
@@ -98,7 +98,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, train.epochs):
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
-        loss_value = _train_epoch(model, loader, optimizer, job, weights, device, generator)
+        objective.start_epoch(model, x, y, epoch, train.epochs)
+        loss_value = _train_epoch(model, loader, optimizer, job, objective, device, generator)
         scheduler.step()
         done = epoch + 1
         if rank == 0 and job.log_prefix and (done % log_every == 0 or done == train.epochs):
@@ -113,7 +114,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "train_seconds": time.perf_counter() - started,
     }
     if job.evaluate and rank == 0:
-        metrics["accuracy"] = evaluate_accuracy(getattr(model, "module", model), job.manifest, device)
+        metrics["accuracy"] = evaluate_accuracy(getattr(model, "module", model), job.manifest, device, job.spec.input)
     _report(job, model, optimizer, scheduler, train.epochs, metrics, rank)
 
 
@@ -130,24 +131,24 @@ def _device(use_gpu: bool, distributed: bool) -> torch.device:
 def _load_labeled(job: TrainJob) -> tuple[torch.Tensor, torch.Tensor]:
     wanted = np.asarray(job.ids, dtype=np.int64)
     labels = np.asarray(job.labels, dtype=np.int64)
-    row_ids, images, _ = read_rows(pool_paths(job.manifest), job.manifest, wanted)
+    table = read_table(pool_paths(job.manifest), [job.spec.input], wanted)
+    row_ids = table.column("id").to_numpy()
     if len(row_ids) != len(np.unique(wanted)):
         missing = np.setdiff1d(wanted, row_ids)[:10]
         raise ValueError(f"{len(missing)} labeled ids are not in the pool, e.g. {missing.tolist()}")
     order = np.argsort(wanted, kind="stable")
     aligned = labels[order][np.searchsorted(wanted[order], row_ids)]
-    return to_model_input(images, job.manifest), torch.from_numpy(aligned)
+    return model_input(table, job.manifest, job.spec.input), torch.from_numpy(aligned)
 
 
-def _train_epoch(model, loader, optimizer, job: TrainJob, weights, device, generator) -> float:
+def _train_epoch(model, loader, optimizer, job: TrainJob, objective, device, generator) -> float:
     model.train()
     total, count = 0.0, 0
     for xb, yb in loader:
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-        if job.train.augment:
+        if job.train.augment and xb.dim() == 4:
             xb = augment_batch(xb, generator)
-        logits = model(xb)
-        loss = temperature_cross_entropy(logits, yb, job.temperature, weights)
+        loss = objective.loss(model, xb, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -171,16 +172,16 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: torch.nn.Module, manifest: PoolManifest, device: torch.device, batch_size: int = 1024) -> float:
+def evaluate_accuracy(model: torch.nn.Module, manifest: PoolManifest, device: torch.device, input_column: str = "image",
+                      batch_size: int = 1024) -> float:
     """K-way accuracy on the known-class test set (labels mapped to 0..K-1)."""
-    path = str(Path(manifest.directory) / manifest.test_file)
-    _, images, labels = read_rows([path], manifest, with_labels=True)
+    table = read_table([str(Path(manifest.directory) / manifest.test_file)], [input_column, "label"])
     mapping = {c: i for i, c in enumerate(manifest.known_classes)}
-    targets = np.array([mapping[int(label)] for label in labels], dtype=np.int64)
+    targets = np.array([mapping[int(label)] for label in table.column("label").to_numpy()], dtype=np.int64)
     model.eval()
     correct = 0
     for start in range(0, len(targets), batch_size):
-        xb = to_model_input(images[start : start + batch_size], manifest).to(device)
+        xb = model_input(table.slice(start, batch_size), manifest, input_column).to(device)
         predictions = model(xb).argmax(1).cpu().numpy()
         correct += int((predictions == targets[start : start + batch_size]).sum())
     return correct / max(len(targets), 1)
