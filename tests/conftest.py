@@ -73,4 +73,13 @@ def synthetic_column(name: str, n: int, k: int, rng: np.random.Generator) -> np.
         return np.where(rng.random(n) < 0.5, rng.normal(6.0, 0.5, n), rng.normal(2.0, 0.5, n)).astype(np.float32)
     if name == "det_known_margin":
         return rng.normal(size=n).astype(np.float32)
+    if name == "predicted_loss":
+        return rng.gamma(2.0, 0.5, n).astype(np.float32)
+    if name == "det_embedding":
+        return rng.normal(size=(n, 8)).astype(np.float32)
+    if name == "ova_closed_entropy":
+        return rng.uniform(0.0, 1.0, n).astype(np.float32)
+    if name == "ssl_embedding":
+        z = rng.normal(size=(n, 12))
+        return (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)
     raise KeyError(f"no synthetic data for score column {name!r}: add a case to tests/conftest.py")

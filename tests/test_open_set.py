@@ -170,7 +170,7 @@ def test_detector_plans_follow_the_method_unless_configured(digits_config):
     ablation = digits_config(**{"detector.class_weights": "none", "detector.temperature": 1.0})
     plan = {p.name: p for p in plan_networks(ablation, manifest, get_strategy("jsosal"))}["detector"]
     assert plan.objective_params == {"temperature": 1.0, "class_weights": "none"}
-    ids, labels = plan.training_set([1, 2], [0, 1], [7, 9], num_known=2)
+    ids, labels = plan.training_set([1, 2], [0, 1], [7, 9], num_known=2, pool_ids=np.arange(20))
     assert (ids, labels) == ([1, 2, 7, 9], [0, 1, 2, 2])
 
 

@@ -16,12 +16,12 @@ def _pool_and_context(name: str, n: int, seed: int = 0) -> tuple[PoolScores, Que
     strategy = get_strategy(name)
     rng = np.random.default_rng(seed)
     ids = np.arange(1000, 1000 + n)
-    pool = PoolScores(ids, {c: synthetic_column(c, n, K, rng) for c in strategy.columns})
+    pool = PoolScores(ids, {c: synthetic_column(c, n, K, rng) for c in strategy.required_columns()})
     labeled = None
     if strategy.needs_labeled:
         m = 12
         labeled = LabeledScores(
-            PoolScores(np.arange(m), {c: synthetic_column(c, m, K, rng) for c in strategy.columns}),
+            PoolScores(np.arange(m), {c: synthetic_column(c, m, K, rng) for c in strategy.required_columns()}),
             np.array([0, 1, 2, -1] * (m // 4)),
         )
     return pool, QueryContext(num_known=K, rng=np.random.default_rng(seed), labeled=labeled)
@@ -66,10 +66,10 @@ class TestContract:
 
     def test_missing_column_is_refused(self, name):
         strategy = get_strategy(name)
-        if not strategy.columns:
+        if not strategy.required_columns():
             pytest.skip("needs no column")
         pool, context = _pool_and_context(name, 20)
-        with pytest.raises(KeyError, match=strategy.columns[0]):
+        with pytest.raises(KeyError, match=strategy.required_columns()[0]):
             strategy.select(PoolScores(pool.ids, {}), 5, context)
 
     def test_unknown_parameter_is_refused(self, name):

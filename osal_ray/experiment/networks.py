@@ -1,17 +1,27 @@
-"""Which networks a run trains each round, on which samples, with which loss."""
+"""Which networks a run trains each round, on which samples, with which objective.
+
+- ``classifier``: K outputs, the known labeled samples, cross-entropy (or the strategy's
+  objective, e.g. learning loss); its test accuracy is the run's accuracy.
+- ``detector``: K+1 outputs, the known samples plus the invalid (queried unknown) ones as
+  class K, cross-entropy on logits / ``detector.temperature`` weighted as
+  ``detector.class_weights`` says (``auto``: the method's own choice) or the strategy's
+  objective (EOAL).
+- ``ssl``: a self-supervised encoder, trained once in round 0 on every pool sample (labels unused).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from osal_ray.config import ExperimentConfig
+from osal_ray.config import ExperimentConfig, TrainConfig
 from osal_ray.data.pool import PoolManifest
 from osal_ray.models import model_input
 from osal_ray.scoring import networks_for
-from osal_ray.strategies import Strategy
+from osal_ray.strategies import NetworkOptions, Strategy
 from osal_ray.training.checkpoints import NetworkSpec
 
 
@@ -21,46 +31,65 @@ class NetworkPlan:
 
     name: str
     spec: NetworkSpec
+    train: TrainConfig
     objective: str = "cross_entropy"
     objective_params: dict[str, Any] = field(default_factory=dict)
     include_invalid: bool = False
     evaluate: bool = False
+    once: bool = False
+    whole_pool: bool = False
 
-    def training_set(self, labeled_ids: list[int], labeled_labels: list[int], invalid_ids: list[int], num_known: int
-                     ) -> tuple[list[int], list[int]]:
-        """(ids, labels) to train on: known samples as 0..K-1, plus invalid ones as K if included."""
+    def training_set(self, labeled_ids: list[int], labeled_labels: list[int], invalid_ids: list[int], num_known: int,
+                     pool_ids: np.ndarray) -> tuple[list[int], list[int]]:
+        """(ids, labels) to train on: known samples as 0..K-1, invalid ones as K if included,
+        or every pool sample (label 0, unused) for a self-supervised network."""
+        if self.whole_pool:
+            return pool_ids.tolist(), [0] * len(pool_ids)
         if not self.include_invalid:
             return list(labeled_ids), list(labeled_labels)
         return list(labeled_ids) + list(invalid_ids), list(labeled_labels) + [num_known] * len(invalid_ids)
 
 
 def plan_networks(config: ExperimentConfig, manifest: PoolManifest, strategy: Strategy) -> list[NetworkPlan]:
-    """The networks ``strategy``'s score columns need, plus the classifier (what accuracy measures).
-
-    The detector has K+1 outputs and learns the invalid (queried unknown) samples as class K,
-    with cross-entropy on logits / ``detector.temperature``, weighted as ``detector.class_weights``
-    says (``auto``: the method's own choice, inverse frequency for JSOSAL, none for LfOSA).
-    """
-    names = networks_for(strategy.columns) | {"classifier"}
-    k = manifest.num_known
-    plans = [NetworkPlan("classifier", _spec(config.model.classifier, k, manifest, config.model.kwargs), evaluate=True)]
-    if "detector" in names:
-        weighting = config.detector.class_weights
-        plans.append(
-            NetworkPlan(
-                "detector",
-                _spec(config.model.detector or config.model.classifier, k + 1, manifest, config.model.kwargs),
-                objective_params={
-                    "temperature": config.detector.temperature,
-                    "class_weights": strategy.detector_class_weights if weighting == "auto" else weighting,
-                },
-                include_invalid=True,
-            )
-        )
-    unknown = sorted(names - {p.name for p in plans})
+    """The networks ``strategy``'s score columns need, plus the classifier (what accuracy measures)."""
+    params = config.strategy_params.get(strategy.name, {})
+    names = networks_for(strategy.required_columns(params)) | {"classifier"}
+    options = strategy.network_options(params)
+    unknown = sorted(names - {"classifier", "detector", "ssl"})
     if unknown:
         raise ValueError(f"no training plan for networks {unknown}")
+    k = manifest.num_known
+    model = config.model
+    plans = [_plan("classifier", _spec(model.classifier, k, manifest, model.kwargs), config.train, options, evaluate=True)]
+    if "detector" in names:
+        own = dict(options.get("detector", NetworkOptions()).objective_params)
+        weighting = config.detector.class_weights
+        own["temperature"] = config.detector.temperature
+        own["class_weights"] = own.get("class_weights", "none") if weighting == "auto" else weighting
+        spec = _spec(model.detector or model.classifier, k + 1, manifest, model.kwargs)
+        plans.append(_plan("detector", spec, config.train, options, objective_params=own, include_invalid=True))
+    if "ssl" in names:
+        spec = _spec(model.classifier, 1, manifest, model.kwargs)
+        plans.append(_plan("ssl", spec, config.train, options, once=True, whole_pool=True))
     return plans
+
+
+def _plan(name: str, spec: NetworkSpec, train: TrainConfig, options: dict[str, NetworkOptions],
+          objective_params: dict[str, Any] | None = None, **flags: Any) -> NetworkPlan:
+    """A plan with the strategy's head, objective and overrides; ``objective_params``, when given,
+    are already resolved against the config and replace the strategy's own."""
+    own = options.get(name, NetworkOptions())
+    if own.head is not None:
+        spec = dataclasses.replace(spec, head=own.head, head_kwargs=dict(own.head_kwargs))
+    params = dict(own.objective_params) if objective_params is None else objective_params
+    return NetworkPlan(
+        name,
+        spec,
+        dataclasses.replace(train, **dict(own.train_overrides)),
+        objective=own.objective or "cross_entropy",
+        objective_params=params,
+        **flags,
+    )
 
 
 def _spec(model: str, outputs: int, manifest: PoolManifest, kwargs: dict[str, Any]) -> NetworkSpec:

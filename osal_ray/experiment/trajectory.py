@@ -95,13 +95,15 @@ def _initial_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan]) -
 def _query_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], round_index: int) -> RoundRecord:
     rounds = ctx.config.al.rounds
     started = time.perf_counter()
+    params = ctx.config.strategy_params.get(ctx.strategy.name, {})
+    columns = list(ctx.strategy.required_columns(params))
     scores = score_pool(
         ctx.manifest,
         state.checkpoints,
-        list(ctx.strategy.columns),
+        columns,
         ctx.config.scoring,
         network_inputs={plan.name: plan.spec.input for plan in plans},
-        context=build_context(context_for(ctx.strategy.columns), ScoringState(ctx.config, ctx.manifest, state.labeled_ids, state.labeled_labels)),
+        context=build_context(context_for(columns), ScoringState(ctx.config, ctx.manifest, state.labeled_ids, state.labeled_labels)),
         progress=lambda msg: ctx.log(f"{ctx.label} round {round_index}/{rounds}: {msg}"),
     )
     scored = time.perf_counter()
@@ -116,7 +118,7 @@ def _query_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], rou
     context = QueryContext(
         num_known=ctx.manifest.num_known,
         rng=rng,
-        params=ctx.config.strategy_params.get(ctx.strategy.name, {}),
+        params=params,
         labeled=labeled,
         round=round_index,
         carry=load_carry(ctx.run_dir, state.carry_file),
@@ -212,11 +214,15 @@ def _digest(ids: list[int], labels: list[int]) -> str:
 
 def _train_all(ctx: RunContext, state: RunState, plans: list[NetworkPlan], round_index: int) -> tuple[float, float]:
     """Train every planned network on the current labeled set; returns (accuracy, seconds)."""
-    train = ctx.config.train
     started = time.perf_counter()
     accuracy = math.nan
     for index, plan in enumerate(plans):
-        ids, labels = plan.training_set(state.labeled_ids, state.labeled_labels, state.invalid_ids, ctx.manifest.num_known)
+        if plan.once and plan.name in state.checkpoints:
+            continue  # a frozen network (e.g. the self-supervised encoder) is trained in round 0 only
+        train = plan.train
+        ids, labels = plan.training_set(
+            state.labeled_ids, state.labeled_labels, state.invalid_ids, ctx.manifest.num_known, ctx.oracle.pool_ids
+        )
         job = TrainJob(
             network=plan.name,
             spec=plan.spec,

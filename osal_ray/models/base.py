@@ -18,6 +18,9 @@ class NetworkOutput:
     intermediates: list[torch.Tensor]
     extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {"logits": self.logits, "embedding": self.embedding, **self.extras}
+
 
 class FeatureNetwork(nn.Module):
     """A classifier whose penultimate embedding and intermediate feature maps are exposed.
@@ -39,6 +42,13 @@ class FeatureNetwork(nn.Module):
         embedding, intermediates = self.forward_features(x)
         return NetworkOutput(self.head(embedding), embedding, intermediates)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, all_outputs: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Logits; with ``all_outputs`` a dict of logits, embedding and head outputs.
+
+        Training objectives that need more than logits call ``model(x, all_outputs=True)``
+        (not ``forward_all``) so that DistributedDataParallel sees the call.
+        """
+        if all_outputs:
+            return self.forward_all(x).as_dict()
         embedding, _ = self.forward_features(x)
         return self.head(embedding)

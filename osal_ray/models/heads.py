@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
-from osal_ray.models.base import FeatureNetwork
+from osal_ray.models.base import FeatureNetwork, NetworkOutput
 from osal_ray.registry import Registry
 
 HeadFactory = Callable[..., nn.Module]
@@ -18,10 +19,102 @@ HEADS: Registry[HeadFactory] = Registry("network head")
 
 
 def register_head(name: str) -> Callable[[HeadFactory], HeadFactory]:
-    """Register ``factory(backbone: FeatureNetwork, **kwargs) -> nn.Module``."""
+    """Register ``factory(backbone: FeatureNetwork, sample_shape=..., **kwargs) -> nn.Module``.
+
+    ``sample_shape`` is the shape of one input sample, for heads that size themselves from it.
+    """
     return HEADS.decorator(name)
 
 
 def attach_head(name: str, backbone: FeatureNetwork, **kwargs: Any) -> nn.Module:
     """Wrap ``backbone`` in the registered head ``name``."""
     return HEADS.get(name, "network head")(backbone, **kwargs)
+
+
+class LossPredictionNetwork(nn.Module):
+    """Learning loss (Yoo & Kweon, 2019): a module predicting the classifier's loss from its features.
+
+    Each intermediate feature map is globally average-pooled and mapped to ``hidden`` units;
+    the concatenation gives one scalar, ``extras["predicted_loss"]``. ``detach_features`` stops
+    the module's gradient from reaching the backbone (the paper does so late in training).
+    """
+
+    def __init__(self, backbone: FeatureNetwork, hidden: int = 128, sample_shape: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.detach_features = False
+        channels = [_channels(t) for t in _probe(backbone, sample_shape)]
+        self.branches = nn.ModuleList([nn.Linear(c, hidden) for c in channels])
+        self.out = nn.Linear(hidden * len(channels), 1)
+
+    def forward_all(self, x: torch.Tensor) -> NetworkOutput:
+        base = self.backbone.forward_all(x)
+        features = [f.detach() if self.detach_features else f for f in base.intermediates]
+        pooled = [torch.relu(branch(_pool(f))) for branch, f in zip(self.branches, features)]
+        predicted = self.out(torch.cat(pooled, dim=1)).squeeze(1)
+        return NetworkOutput(base.logits, base.embedding, base.intermediates, {"predicted_loss": predicted})
+
+    def forward(self, x: torch.Tensor, all_outputs: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        return self.forward_all(x).as_dict() if all_outputs else self.backbone(x)
+
+
+class OneVsAllNetwork(nn.Module):
+    """EOAL's detector: the K+1 backbone plus K one-vs-all binary heads on its embedding.
+
+    ``extras["ova_logits"]`` has shape (N, 2, K): for each known class, [negative, positive].
+    """
+
+    def __init__(self, backbone: FeatureNetwork, sample_shape: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_known = backbone.head.out_features - 1
+        self.ova = nn.Linear(backbone.embedding_dim, 2 * self.num_known)
+
+    def forward_all(self, x: torch.Tensor) -> NetworkOutput:
+        base = self.backbone.forward_all(x)
+        ova = self.ova(base.embedding).view(len(x), 2, self.num_known)
+        return NetworkOutput(base.logits, base.embedding, base.intermediates, {"ova_logits": ova})
+
+    def forward(self, x: torch.Tensor, all_outputs: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        return self.forward_all(x).as_dict() if all_outputs else self.backbone(x)
+
+
+class ProjectionNetwork(nn.Module):
+    """A self-supervised encoder: backbone embedding -> 2-layer projection, ``extras["projection"]`` L2-normalised."""
+
+    def __init__(self, backbone: FeatureNetwork, dim: int = 128, sample_shape: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.backbone = backbone
+        width = backbone.embedding_dim
+        self.projection = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, dim))
+
+    def forward_all(self, x: torch.Tensor) -> NetworkOutput:
+        base = self.backbone.forward_all(x)
+        z = torch.nn.functional.normalize(self.projection(base.embedding), dim=1)
+        return NetworkOutput(base.logits, base.embedding, base.intermediates, {"projection": z})
+
+    def forward(self, x: torch.Tensor, all_outputs: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        return self.forward_all(x).as_dict() if all_outputs else self.backbone(x)
+
+
+def _pool(feature: torch.Tensor) -> torch.Tensor:
+    return feature.mean(dim=(2, 3)) if feature.dim() == 4 else feature
+
+
+def _channels(feature: torch.Tensor) -> int:
+    return feature.shape[1]
+
+
+def _probe(backbone: FeatureNetwork, sample_shape: tuple[int, ...]) -> list[torch.Tensor]:
+    """The intermediate feature maps of one dummy input, to size the branches."""
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        _, intermediates = backbone.forward_features(torch.zeros(2, *sample_shape))
+    backbone.train(was_training)
+    return intermediates
+
+
+register_head("loss_prediction")(LossPredictionNetwork)
+register_head("ova")(OneVsAllNetwork)
+register_head("projection")(ProjectionNetwork)

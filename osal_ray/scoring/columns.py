@@ -112,3 +112,26 @@ def _det_mav(inputs: ColumnInputs) -> torch.Tensor:
 def _det_known_margin(inputs: ColumnInputs) -> torch.Tensor:
     logits = _detector(inputs).logits
     return logits[:, :-1].max(dim=1).values - logits[:, -1]
+
+
+@register_column("predicted_loss", "the learning-loss module's predicted loss of the classifier", network="classifier")
+def _predicted_loss(inputs: ColumnInputs) -> torch.Tensor:
+    return _classifier(inputs).extras["predicted_loss"]
+
+
+@register_column("det_embedding", "the detector's penultimate-layer embedding, (N, D)", network="detector")
+def _det_embedding(inputs: ColumnInputs) -> torch.Tensor:
+    return _detector(inputs).embedding
+
+
+@register_column(
+    "ova_closed_entropy", "EOAL closed-set entropy: mean binary entropy of the K one-vs-all heads, in bits", network="detector"
+)
+def _ova_closed_entropy(inputs: ColumnInputs) -> torch.Tensor:
+    p = torch.softmax(_detector(inputs).extras["ova_logits"], dim=1)
+    return -(p * torch.log(p + 1e-8)).sum(dim=1).mean(dim=1) / float(np.log(2.0))
+
+
+@register_column("ssl_embedding", "the self-supervised encoder's L2-normalised projection, (N, D)", network="ssl")
+def _ssl_embedding(inputs: ColumnInputs) -> torch.Tensor:
+    return inputs.outputs["ssl"].extras["projection"]

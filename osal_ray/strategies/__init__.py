@@ -3,10 +3,11 @@
 Call one from a notebook with ``query(name, PoolScores(ids, {...}), budget, num_known=K)``.
 """
 
-from osal_ray.strategies import coreset, open_set, standard  # noqa: F401  (register the built-in strategies)
+from osal_ray.strategies import coreset, eoal, learning_loss, mqnet, open_set, standard  # noqa: F401  (register the built-in strategies)
 from osal_ray.strategies.base import (
     STRATEGIES,
     LabeledScores,
+    NetworkOptions,
     PoolScores,
     QueryContext,
     Selection,
@@ -20,6 +21,7 @@ from osal_ray.strategies.base import (
 __all__ = [
     "STRATEGIES",
     "LabeledScores",
+    "NetworkOptions",
     "PoolScores",
     "QueryContext",
     "Selection",

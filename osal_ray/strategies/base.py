@@ -96,17 +96,48 @@ SelectFn = Callable[[PoolScores, int, QueryContext], Selection]
 
 
 @dataclass(frozen=True)
+class NetworkOptions:
+    """How a strategy wants one of its networks trained, beyond the defaults.
+
+    ``head`` wraps the backbone (see ``osal_ray.models.heads``), ``objective`` names a
+    training objective (``osal_ray.training.objectives``), ``train_overrides`` replaces
+    ``train`` config values for this network (e.g. more epochs for a self-supervised encoder).
+    """
+
+    head: str | None = None
+    head_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    objective: str | None = None
+    objective_params: Mapping[str, Any] = field(default_factory=dict)
+    train_overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+Columns = tuple[str, ...] | Callable[[Mapping[str, Any]], tuple[str, ...]]
+Networks = Mapping[str, NetworkOptions] | Callable[[Mapping[str, Any]], Mapping[str, NetworkOptions]]
+
+
+@dataclass(frozen=True)
 class Strategy:
-    """A registered strategy: its function, the score columns it needs and its parameters."""
+    """A registered strategy: its function, the score columns and networks it needs, its parameters.
+
+    ``columns`` and ``networks`` may depend on the resolved parameters (give a function).
+    """
 
     name: str
     fn: SelectFn
-    columns: tuple[str, ...]
+    columns: Columns
     needs_labeled: bool = False
     defaults: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
-    detector_class_weights: str = "none"
+    networks: Networks = field(default_factory=dict)
     check: Callable[[Mapping[str, Any]], None] | None = None
+
+    def required_columns(self, params: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+        """The score columns this strategy needs with these parameters."""
+        return tuple(self.columns(self.resolve_params(params))) if callable(self.columns) else tuple(self.columns)
+
+    def network_options(self, params: Mapping[str, Any] | None = None) -> dict[str, NetworkOptions]:
+        """Per network, how this strategy wants it trained with these parameters."""
+        return dict(self.networks(self.resolve_params(params))) if callable(self.networks) else dict(self.networks)
 
     def resolve_params(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
         """Defaults overlaid with ``params``; an unknown or impossible parameter is an InputError."""
@@ -122,7 +153,7 @@ class Strategy:
 
     def select(self, pool: PoolScores, budget: int, context: QueryContext) -> Selection:
         """Run the strategy and check its answer (unique, in range, at most ``budget``)."""
-        missing = [c for c in self.columns if c not in pool.columns]
+        missing = [c for c in self.required_columns(context.params) if c not in pool.columns]
         if missing:
             raise KeyError(f"strategy {self.name!r} needs score columns {missing}")
         if self.needs_labeled and context.labeled is None:
@@ -149,24 +180,24 @@ STRATEGIES: Registry[Strategy] = Registry("strategy")
 def register_strategy(
     name: str,
     *,
-    columns: tuple[str, ...],
+    columns: Columns,
     needs_labeled: bool = False,
     defaults: Mapping[str, Any] | None = None,
-    detector_class_weights: str = "none",
+    networks: Networks | None = None,
     check: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> Callable[[SelectFn], SelectFn]:
     """Register ``fn(pool, budget, context) -> Selection``; its docstring is its description.
 
-    ``detector_class_weights`` is the method's own loss weighting for the K+1 detector (used
-    when ``detector.class_weights`` is ``auto``); ``check`` validates resolved parameters.
+    ``networks`` says how the strategy wants networks trained (e.g. a detector with class
+    weights, a classifier with a loss-prediction head); ``check`` validates resolved parameters.
     """
 
     def register(fn: SelectFn) -> SelectFn:
         STRATEGIES.add(
             name,
             Strategy(
-                name, fn, tuple(columns), needs_labeled, dict(defaults or {}), (fn.__doc__ or "").strip(),
-                detector_class_weights, check,
+                name, fn, columns if callable(columns) else tuple(columns), needs_labeled, dict(defaults or {}),
+                (fn.__doc__ or "").strip(), networks if networks is not None else {}, check,
             ),
         )
         return fn

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from osal_ray.errors import InputError
-from osal_ray.strategies.base import PoolScores, QueryContext, Selection, register_strategy, top_k
+from osal_ray.strategies.base import NetworkOptions, PoolScores, QueryContext, Selection, register_strategy, top_k
 from osal_ray.strategies.mixtures import (
     BGMM_DEFAULT_OPTIONS,
     LFOSA_GMM_OPTIONS,
@@ -30,6 +30,8 @@ from osal_ray.strategies.mixtures import (
 )
 
 DETECTOR_COLUMNS = ("det_pred", "det_mav", "det_known_margin")
+# JSOSAL Eq. 1-2: the detector's cross-entropy is weighted w_c = N / n_c (LfOSA's is not).
+WEIGHTED_DETECTOR = {"detector": NetworkOptions(objective_params={"class_weights": "inverse_frequency"})}
 COMMON_DEFAULTS = {"n_jobs": None, "fit_sample_size": 50_000, "collapse_weight": 0.01}
 
 
@@ -93,7 +95,7 @@ def _finish(pool: PoolScores, budget: int, chosen: np.ndarray, scores: np.ndarra
 
 @register_strategy(
     "lfosa", columns=DETECTOR_COLUMNS, defaults={**COMMON_DEFAULTS, **LFOSA_GMM_OPTIONS},
-    detector_class_weights="none", check=_check("lfosa", "gmm"),
+    check=_check("lfosa", "gmm"),
 )
 def lfosa(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     """LfOSA: per-class GaussianMixture on MAVs; the b candidates most likely known."""
@@ -105,7 +107,7 @@ def lfosa(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
 @register_strategy(
     "jsosal", columns=DETECTOR_COLUMNS + ("entropy",),
     defaults={**COMMON_DEFAULTS, **BGMM_DEFAULT_OPTIONS, "a": None, "a_multiple": 2.0},
-    detector_class_weights="inverse_frequency", check=_check("jsosal", "bgmm"),
+    networks=WEIGHTED_DETECTOR, check=_check("jsosal", "bgmm"),
 )
 def jsosal(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     """JSOSAL: per-class Bayesian mixture on MAVs; keep the top-a most likely known, query the b of highest entropy."""
@@ -124,7 +126,7 @@ def jsosal(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
 
 @register_strategy(
     "jsosal_no_entropy", columns=DETECTOR_COLUMNS, defaults={**COMMON_DEFAULTS, **BGMM_DEFAULT_OPTIONS},
-    detector_class_weights="inverse_frequency", check=_check("jsosal_no_entropy", "bgmm"),
+    networks=WEIGHTED_DETECTOR, check=_check("jsosal_no_entropy", "bgmm"),
 )
 def jsosal_no_entropy(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     """JSOSAL without the entropy step (the paper's Figure 4 ablation): top-b by Bayesian-mixture probability."""

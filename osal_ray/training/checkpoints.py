@@ -34,7 +34,8 @@ class NetworkSpec:
         backbone = create_model(self.model, self.num_outputs, self.in_channels, self.image_size, **self.kwargs)
         if self.head is None:
             return backbone
-        return attach_head(self.head, backbone, **self.head_kwargs)
+        sample_shape = (self.in_channels, self.image_size, self.image_size) if self.input == "image" else (self.in_channels,)
+        return attach_head(self.head, backbone, sample_shape=sample_shape, **self.head_kwargs)
 
 
 def save_network(model: torch.nn.Module, spec: NetworkSpec, path: Path) -> None:

@@ -73,7 +73,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     objective = OBJECTIVES.get(job.objective, "training objective")(
         job.objective_params, job.spec.num_outputs, y.numpy(), device, generator
     )
-    loader = DataLoader(TensorDataset(x, y), batch_size=job.train.batch_size, shuffle=True, generator=generator)
+    loader = DataLoader(TensorDataset(x, y, torch.arange(len(y))), batch_size=job.train.batch_size, shuffle=True, generator=generator)
     if distributed and world > 1:
         loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
 
@@ -144,11 +144,11 @@ def _load_labeled(job: TrainJob) -> tuple[torch.Tensor, torch.Tensor]:
 def _train_epoch(model, loader, optimizer, job: TrainJob, objective, device, generator) -> float:
     model.train()
     total, count = 0.0, 0
-    for xb, yb in loader:
+    for xb, yb, index in loader:
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         if job.train.augment and xb.dim() == 4:
             xb = augment_batch(xb, generator)
-        loss = objective.loss(model, xb, yb)
+        loss = objective.loss(model, xb, yb, index)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,0 +1,50 @@
+"""FINCH clustering (Sarfraz et al., CVPR 2019) through the maintained ``finch-clust`` package,
+with the small-sample cases handled (EOAL clusters a few queried unknowns)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+
+def finch_clusters(features: np.ndarray, requested: int) -> np.ndarray:
+    """Cluster labels 0..C-1 for each row, with C = ``requested`` clusters when FINCH can reach it.
+
+    Fewer rows than ``requested``: every row is its own cluster. FINCH builds a hierarchy of
+    partitions and, asked for ``requested`` clusters, merges its last level down to that number.
+    """
+    n = len(features)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    if n <= max(requested, 2):
+        return np.arange(n, dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # finch-clust warns that the optional pynndescent is absent
+        from finch import FINCH
+
+        partitions, counts, requested_labels = FINCH(np.asarray(features, dtype=np.float32), req_clust=requested, verbose=False)
+    labels = requested_labels if requested_labels is not None else partitions[:, -1]
+    _, labels = np.unique(np.asarray(labels).ravel(), return_inverse=True)
+    return labels.astype(np.int64)
+
+
+def finch_partition_at_most(features: np.ndarray, limit: int) -> np.ndarray:
+    """The finest FINCH partition with at most ``limit`` clusters (EOAL's diversity step)."""
+    n = len(features)
+    if n <= 2:
+        return np.zeros(n, dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from finch import FINCH
+
+        partitions, counts, _ = FINCH(np.asarray(features, dtype=np.float32), verbose=False)
+    level = next((i for i, count in enumerate(counts) if count <= limit), len(counts) - 1)
+    _, labels = np.unique(partitions[:, level], return_inverse=True)
+    return labels.astype(np.int64)
+
+
+def cluster_centres(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Mean feature of each cluster label 0..C-1."""
+    count = int(labels.max()) + 1 if len(labels) else 0
+    return np.stack([features[labels == c].mean(axis=0) for c in range(count)]) if count else features[:0]

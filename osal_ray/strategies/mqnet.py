@@ -1,0 +1,192 @@
+"""MQNet (Park et al., NeurIPS 2022): a meta-network balances purity and informativeness.
+
+- Purity: the largest cosine similarity between a sample's self-supervised feature and the
+  features of the labeled known samples. MQNet uses CSI; here the encoder is plain SimCLR
+  (NT-Xent on two augmented views, trained once on the whole pool in round 0 with Ray Train).
+  Simplification: CSI adds shifted-instance (rotation) positives and a shift classifier, which
+  quadruples every batch; the purity mechanism, max similarity to the labeled known features,
+  is the same, and SimCLR is what runs in minutes on a CPU.
+- Informativeness: 1 - max softmax of the classifier (``conf``) or a learning-loss
+  prediction (``ll``, the classifier then carries a loss-prediction module).
+- Both are standardised as exp(z-score) over the set being scored.
+- The meta-network, 2 -> hidden -> 1 with out = sigmoid(x @ relu(W1) + b1) @ relu(W2) + b2
+  (monotone in both inputs), is trained after each query on the just-queried samples with the
+  ranking loss (margin 1) against the current classifier's cross-entropy on them, the target of
+  an unknown (OOD) sample being 0. The first query round, with no queried set yet, ranks by the
+  sum of the two standardised inputs.
+- A queried known sample is itself a labeled feature; its purity is taken against the *other*
+  labeled known samples (otherwise every labeled known sample has purity 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from osal_ray.errors import InputError
+from osal_ray.strategies.base import NetworkOptions, PoolScores, QueryContext, Selection, register_strategy, top_k
+from osal_ray.strategies.learning_loss import LL_DEFAULTS, loss_prediction_network
+
+MQNET_DEFAULTS = {
+    "informativeness": "conf",
+    "ssl_epochs": 20,
+    "ssl_temperature": 0.5,
+    "ssl_batch_size": 256,
+    "projection_dim": 128,
+    "meta_hidden": 64,
+    "meta_epochs": 100,
+    "meta_lr": 1e-3,
+    "meta_batch_size": 32,
+    **LL_DEFAULTS,
+}
+
+
+def _columns(params: Mapping[str, Any]) -> tuple[str, ...]:
+    extra = ("predicted_loss",) if params["informativeness"] == "ll" else ()
+    return ("ssl_embedding", "probs") + extra
+
+
+def _networks(params: Mapping[str, Any]) -> dict[str, NetworkOptions]:
+    networks = {
+        "ssl": NetworkOptions(
+            head="projection",
+            head_kwargs={"dim": params["projection_dim"]},
+            objective="simclr",
+            objective_params={"temperature": params["ssl_temperature"]},
+            train_overrides={"epochs": params["ssl_epochs"], "batch_size": params["ssl_batch_size"], "augment": False},
+        )
+    }
+    if params["informativeness"] == "ll":
+        networks["classifier"] = loss_prediction_network(params)
+    return networks
+
+
+def _check(params: Mapping[str, Any]) -> None:
+    def fail(key: str, message: str) -> None:
+        raise InputError(f"strategy_params.mqnet.{key}", message)
+
+    if params["informativeness"] not in ("conf", "ll"):
+        fail("informativeness", "must be conf or ll")
+    for key in ("ssl_epochs", "ssl_batch_size", "projection_dim", "meta_hidden", "meta_epochs", "meta_batch_size"):
+        if not isinstance(params[key], int) or params[key] < 1:
+            fail(key, "must be a positive integer")
+    if params["ssl_batch_size"] < 2:
+        fail("ssl_batch_size", "must be at least 2 (contrastive pairs)")
+    if params["ssl_temperature"] <= 0 or params["meta_lr"] <= 0:
+        fail("ssl_temperature" if params["ssl_temperature"] <= 0 else "meta_lr", "must be positive")
+
+
+def standardize(values: np.ndarray) -> np.ndarray:
+    """exp((x - mean) / std) over the set, as MQNet does; a constant set gives ones."""
+    values = np.asarray(values, dtype=np.float64)
+    std = values.std()
+    return np.exp((values - values.mean()) / std) if std > 0 else np.ones_like(values)
+
+
+def max_similarity(features: np.ndarray, references: np.ndarray, exclude: np.ndarray | None = None,
+                   chunk: int = 8192) -> np.ndarray:
+    """Largest dot product of each (normalised) feature with the references; ``exclude[i]`` is a
+    reference row to ignore for feature i (-1: none)."""
+    if len(references) == 0:
+        return np.zeros(len(features))
+    best = np.empty(len(features))
+    for start in range(0, len(features), chunk):
+        sims = features[start : start + chunk] @ references.T
+        if exclude is not None:
+            rows = np.flatnonzero(exclude[start : start + chunk] >= 0)
+            sims[rows, exclude[start : start + chunk][rows]] = -np.inf
+        best[start : start + chunk] = sims.max(axis=1) if sims.shape[1] else 0.0
+    return np.where(np.isfinite(best), best, 0.0)
+
+
+def _informativeness(scores: PoolScores, mode: str) -> np.ndarray:
+    if mode == "ll":
+        return np.asarray(scores["predicted_loss"], dtype=np.float64)
+    return 1.0 - np.asarray(scores["probs"], dtype=np.float64).max(axis=1)
+
+
+class MetaNetwork:
+    """out = sigmoid(x @ relu(W1) + b1) @ relu(W2) + b2: non-decreasing in both inputs."""
+
+    def __init__(self, hidden: int, seed: int, weights: Mapping[str, np.ndarray] | None = None) -> None:
+        import torch
+
+        generator = torch.Generator().manual_seed(seed)
+        self.torch = torch
+        if weights:
+            self.params = {k: torch.tensor(np.asarray(weights[k]), dtype=torch.float32, requires_grad=True) for k in ("w1", "b1", "w2", "b2")}
+        else:
+            self.params = {
+                "w1": (torch.randn(2, hidden, generator=generator) * 0.5).requires_grad_(),
+                "b1": torch.zeros(hidden, requires_grad=True),
+                "w2": (torch.randn(hidden, 1, generator=generator) * 0.5).requires_grad_(),
+                "b2": torch.zeros(1, requires_grad=True),
+            }
+
+    def forward(self, x):
+        p = self.params
+        hidden = self.torch.sigmoid(x @ self.torch.relu(p["w1"]) + p["b1"])
+        return (hidden @ self.torch.relu(p["w2"]) + p["b2"]).squeeze(1)
+
+    def score(self, inputs: np.ndarray) -> np.ndarray:
+        with self.torch.no_grad():
+            return self.forward(self.torch.tensor(inputs, dtype=self.torch.float32)).numpy().astype(np.float64)
+
+    def fit(self, inputs: np.ndarray, targets: np.ndarray, epochs: int, lr: float, batch_size: int, rng: np.random.Generator) -> None:
+        from osal_ray.training.losses import ranking_loss
+
+        torch = self.torch
+        x = torch.tensor(inputs, dtype=torch.float32)
+        y = torch.tensor(targets, dtype=torch.float32)
+        optimizer = torch.optim.Adam(list(self.params.values()), lr=lr)
+        for _ in range(epochs):
+            order = rng.permutation(len(x))
+            for start in range(0, len(order), batch_size):
+                batch = torch.as_tensor(order[start : start + batch_size])
+                if len(batch) < 2:
+                    continue
+                loss = ranking_loss(self.forward(x[batch]), y[batch], margin=1.0)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().numpy().copy() for k, v in self.params.items()}
+
+
+@register_strategy("mqnet", columns=_columns, needs_labeled=True, defaults=MQNET_DEFAULTS, networks=_networks, check=_check)
+def mqnet(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
+    """MQNet: a monotone meta-network over standardised purity (SimCLR features) and informativeness (CONF or LL)."""
+    params = context.params
+    labeled = context.labeled
+    known_rows = np.flatnonzero(labeled.labels >= 0) if labeled is not None else np.empty(0, dtype=np.int64)
+    references = np.asarray(labeled.scores["ssl_embedding"], dtype=np.float64)[known_rows] if labeled is not None else np.empty((0, 0))
+    purity = max_similarity(np.asarray(pool["ssl_embedding"], dtype=np.float64), references)
+    informativeness = _informativeness(pool, params["informativeness"])
+
+    carry: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in context.carry.items()}
+    meta = None
+    values: dict[str, float] = {}
+    last = carry.get("last_query_ids")
+    if last is not None and labeled is not None and len(last):
+        meta = MetaNetwork(params["meta_hidden"], int(context.rng.integers(2**31 - 1)), carry if "w1" in carry else None)
+        rows = np.flatnonzero(np.isin(labeled.scores.ids, last))
+        position_in_references = np.full(len(labeled.labels), -1)
+        position_in_references[known_rows] = np.arange(len(known_rows))
+        delta = labeled.scores.subset(rows)
+        delta_purity = max_similarity(np.asarray(delta["ssl_embedding"], dtype=np.float64), references, position_in_references[rows])
+        delta_inputs = np.stack([standardize(_informativeness(delta, params["informativeness"])), standardize(delta_purity)], axis=1)
+        labels = labeled.labels[rows]
+        probs = np.asarray(delta["probs"], dtype=np.float64)
+        target = np.where(labels >= 0, -np.log(np.clip(probs[np.arange(len(rows)), np.maximum(labels, 0)], 1e-12, 1.0)), 0.0)
+        meta.fit(delta_inputs, target, params["meta_epochs"], params["meta_lr"], params["meta_batch_size"], context.rng)
+        values["meta_trained_on"] = float(len(rows))
+
+    inputs = np.stack([standardize(informativeness), standardize(purity)], axis=1)
+    score = meta.score(inputs) if meta is not None else inputs.sum(axis=1)
+    chosen = top_k(score, budget)
+    if meta is not None:
+        carry.update(meta.weights())
+    carry["last_query_ids"] = np.asarray(pool.ids[chosen], dtype=np.int64)
+    return Selection(chosen, score[chosen], diagnostics={"purity": purity}, values=values, carry=carry)
