@@ -84,6 +84,20 @@ class DetectorConfig:
 
 
 @dataclass
+class ClipConfig:
+    """The CLIPN model of VLPure-AL and of the ``clip_linear`` classifier (open_clip architectures)."""
+
+    model_name: str = "ViT-B-16"
+    checkpoint: str | None = None
+    pretrained: str | None = None
+    model_config: dict[str, Any] | None = None
+    allow_download: bool = False
+    domain: str | None = None
+    templates: list[str] | None = None
+    batch_size: int = 256
+
+
+@dataclass
 class ScoringConfig:
     """The Ray Data actor pool that scores the unlabeled pool each round."""
 
@@ -117,6 +131,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 

@@ -75,6 +75,11 @@ def validate_config(config: ExperimentConfig) -> None:
         f"{config.detector.class_weights!r} is not one of {', '.join(CLASS_WEIGHTINGS)}",
     )
 
+    c = config.clip
+    _require(c.batch_size >= 1, "clip.batch_size", "must be at least 1")
+    if c.templates is not None:
+        _require(bool(c.templates) and all("{}" in t for t in c.templates), "clip.templates", "each template needs a {} for the class name")
+
     s = config.scoring
     _require(s.num_actors >= 1, "scoring.num_actors", "must be at least 1")
     if s.max_actors is not None:

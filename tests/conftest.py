@@ -37,6 +37,9 @@ def small_digits_config(output_dir: Path, **overrides) -> ExperimentConfig:
         "train": {"epochs": 10, "num_workers": 0},
     }
     for key, value in overrides.items():
+        if "." not in key and isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+            continue
         node = raw
         parts = key.split(".")
         for part in parts[:-1]:
@@ -79,6 +82,8 @@ def synthetic_column(name: str, n: int, k: int, rng: np.random.Generator) -> np.
         return rng.normal(size=(n, 8)).astype(np.float32)
     if name == "ova_closed_entropy":
         return rng.uniform(0.0, 1.0, n).astype(np.float32)
+    if name in ("clip_cos_yes", "clip_cos_no", "clip_cos_visual"):
+        return rng.uniform(-0.1, 0.4, (n, k)).astype(np.float32)
     if name == "ssl_embedding":
         z = rng.normal(size=(n, 12))
         return (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)

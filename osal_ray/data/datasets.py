@@ -22,6 +22,8 @@ from osal_ray.registry import Registry
 # sample ids and the test set do not change with the experiment seed.
 FIXED_SPLIT_SEED = 20240607
 
+# Words, not numerals: class names also become CLIP prompts ("a photo of a three").
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -105,7 +107,7 @@ def load_digits(config: DataConfig) -> SourceDataset:
     images = bunch.images.astype(np.uint8)[..., None]
     labels = bunch.target.astype(np.int64)
     train, test = split_fixed(images, labels, config.test_fraction)
-    return SourceDataset("digits", train, test, tuple(str(c) for c in bunch.target_names), pixel_max=16.0)
+    return SourceDataset("digits", train, test, DIGIT_NAMES, pixel_max=16.0)
 
 
 def _find_idx(root: Path, stem: str) -> Path | None:

@@ -6,6 +6,7 @@ an output directory of another configuration) without Ray; ``run_experiment`` ne
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +20,8 @@ from osal_ray.experiment.outputs import plot_curves, rounds_frame, write_tables
 from osal_ray.experiment.report import round_header, round_row, summary_table
 from osal_ray.experiment.state import STATE_FILE, RoundRecord, RunState, atomic_write_text, open_run_state
 from osal_ray.experiment.trajectory import RunContext, run_trajectory
+from osal_ray.models import model_input
+from osal_ray.scoring import stored_columns_for
 from osal_ray.strategies import get_strategy
 from osal_ray.validation import validate_config
 
@@ -77,8 +80,34 @@ def prepare_experiment(config: ExperimentConfig, log: Callable[[str], None] = pr
             f"pool {manifest.num_pool} ({prepared[-1].oracle.num_known} known), initial {manifest.num_initial}, "
             f"test {manifest.num_test}"
         )
+    if "clip_embedding" in stored_columns_needed(config):
+        from osal_ray.clip import check_clipn_weights
+
+        clip = config.clip
+        check_clipn_weights(clip.model_name, checkpoint=clip.checkpoint, pretrained=clip.pretrained,
+                            model_config=clip.model_config, allow_download=clip.allow_download)
     atomic_write_text(output_dir / "config.yaml", dump_config(config))
     return PreparedExperiment(config, output_dir, prepared, states)
+
+
+def stored_columns_needed(config: ExperimentConfig) -> set[str]:
+    """Stored pool columns beyond the image that some strategy's scores or some network's input read."""
+    needed = {model_input(config.model.classifier)}
+    if config.model.detector:
+        needed.add(model_input(config.model.detector))
+    for name in config.strategies:
+        needed |= stored_columns_for(get_strategy(name).required_columns(config.strategy_params.get(name, {})))
+    return needed - {"image"}
+
+
+def with_stored_columns(config: ExperimentConfig, seed: PreparedSeed) -> PreparedSeed:
+    """The seed's pool with the stored columns its runs need (the CLIP embedding pass, once per job)."""
+    if "clip_embedding" not in stored_columns_needed(config):
+        return seed
+    from osal_ray.scoring.clip import ensure_clip_embeddings
+
+    manifest = ensure_clip_embeddings(seed.manifest, config.clip, config.scoring, config.data.pool_files)
+    return dataclasses.replace(seed, manifest=manifest)
 
 
 def run_experiment(prepared: PreparedExperiment, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -95,6 +124,7 @@ def run_experiment(prepared: PreparedExperiment, log: Callable[[str], None] = pr
 
     log(round_header())
     for prepared_seed in prepared.seeds:
+        prepared_seed = with_stored_columns(config, prepared_seed)
         for name in config.strategies:
             directory = run_dir(output_dir, name, prepared_seed.seed)
             context = RunContext(

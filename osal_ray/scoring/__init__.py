@@ -9,6 +9,7 @@ from osal_ray.scoring.columns import (
     register_column,
     stored_columns_for,
 )
+from osal_ray.scoring import clip  # noqa: F401  (register the CLIP columns and context)
 from osal_ray.scoring.pool_pass import PoolScorer, score_pool
 
 __all__ = [

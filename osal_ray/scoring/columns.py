@@ -71,7 +71,7 @@ def context_for(columns: Iterable[str]) -> set[str]:
 
 
 def as_tensors(arrays: Mapping[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: torch.as_tensor(np.asarray(v), device=device) for k, v in arrays.items()}
+    return {k: torch.as_tensor(np.array(v), device=device) for k, v in arrays.items()}
 
 
 def _classifier(inputs: ColumnInputs) -> NetworkOutput:

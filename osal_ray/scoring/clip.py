@@ -1,0 +1,200 @@
+"""CLIPN in the scoring pass: image embeddings once per job, similarities every round.
+
+The image tower is frozen, so each sample's CLIP image embedding is computed once per job by a
+Ray Data actor pool (GPUs when configured) and stored beside the image: the pool (and the test
+set) is rewritten once with a ``clip_embedding`` column, cached by the pool's fingerprint and
+the CLIP weights. Every round's single scoring pass then reads that column with the image, and
+the VLPure columns are cosine similarities to per-class text embeddings (computed once per job
+on the driver) and to the class means of the labeled known samples (recomputed each round).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from osal_ray.config import ClipConfig, ExperimentConfig, ScoringConfig
+from osal_ray.data.pool import (
+    MANIFEST,
+    PoolManifest,
+    decode_images,
+    decode_vectors,
+    pool_paths,
+    read_manifest,
+    read_table,
+    vector_column,
+)
+from osal_ray.scoring.columns import ColumnInputs, register_column
+from osal_ray.scoring.context import ScoringState, register_context
+
+EMBEDDING = "clip_embedding"
+
+
+def clip_key(clip: ClipConfig) -> str:
+    """A digest of what decides the image embeddings: architecture and weights."""
+    identity = {"model": clip.model_name, "checkpoint": clip.checkpoint, "pretrained": clip.pretrained, "config": clip.model_config}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def load_clipn(clip: ClipConfig, device: str = "cpu"):
+    """The configured CLIPN (see ``osal_ray.clip.create_clipn``)."""
+    from osal_ray.clip import create_clipn
+
+    model, _ = create_clipn(
+        clip.model_name, checkpoint=clip.checkpoint, pretrained=clip.pretrained, model_config=clip.model_config,
+        device=device, allow_download=clip.allow_download,
+    )
+    return model
+
+
+class ClipImageEmbedder:
+    """Callable class for ``map_batches``: adds the CLIP image embedding to each stored row."""
+
+    def __init__(self, clip: dict, manifest: dict, use_gpu: bool, threads: int) -> None:
+        from osal_ray.clip import clip_image_settings
+
+        torch.set_num_threads(max(1, threads))
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.model = load_clipn(ClipConfig(**clip), str(self.device))
+        self.manifest = PoolManifest.from_dict(manifest)
+        self.settings = clip_image_settings(self.model)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from osal_ray.clip import preprocess_batch
+
+        size, mean, std = self.settings
+        images = preprocess_batch(decode_images(batch.column("image"), self.manifest), size, mean, std).to(self.device)
+        with torch.inference_mode():
+            embeddings = self.model.encode_image(images, normalize=True).float().cpu().numpy()
+        return batch.append_column(EMBEDDING, vector_column(embeddings))
+
+
+def ensure_clip_embeddings(manifest: PoolManifest, clip: ClipConfig, scoring: ScoringConfig, pool_files: int) -> PoolManifest:
+    """The pool (and test set) with a ``clip_embedding`` column: computed once, then reused."""
+    if EMBEDDING in manifest.vector_columns:
+        return manifest
+    directory = Path(manifest.directory).parent / f"{Path(manifest.directory).name}-clip-{clip_key(clip)}"
+    if (directory / MANIFEST).is_file():
+        cached = read_manifest(directory)
+        if cached.fingerprint == manifest.fingerprint:
+            return cached
+    staging = directory.with_name(directory.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    pool = _embed_files(pool_paths(manifest), staging / "pool", manifest, clip, scoring, max(1, math.ceil(manifest.num_pool / pool_files)))
+    test = _embed_files([str(Path(manifest.directory) / manifest.test_file)], staging / "test", manifest, clip, scoring, manifest.num_test)
+    dim = read_table(pool[:1], [EMBEDDING]).column(EMBEDDING).type.byte_width // 4
+    shutil.copyfile(Path(manifest.directory) / "initial_ids.npy", staging / "initial_ids.npy")
+    augmented = dataclasses.replace(
+        manifest,
+        directory=str(directory.resolve()),
+        pool_files=tuple(str(Path(p).relative_to(staging)) for p in pool),
+        test_file=str(Path(test[0]).relative_to(staging)),
+        vector_columns={**manifest.vector_columns, EMBEDDING: dim},
+    )
+    (staging / MANIFEST).write_text(json.dumps(augmented.to_dict(), indent=1))
+    shutil.rmtree(directory, ignore_errors=True)
+    staging.rename(directory)
+    return augmented
+
+
+def _embed_files(paths: list[str], out: Path, manifest: PoolManifest, clip: ClipConfig, scoring: ScoringConfig,
+                 rows_per_file: int) -> list[str]:
+    import ray.data
+
+    use_gpu = scoring.gpus_per_actor > 0
+    dataset = ray.data.read_parquet(paths).map_batches(
+        ClipImageEmbedder,
+        fn_constructor_kwargs={
+            "clip": dataclasses.asdict(clip),
+            "manifest": manifest.to_dict(),
+            "use_gpu": use_gpu,
+            "threads": max(1, math.ceil(scoring.cpus_per_actor)),
+        },
+        compute=ray.data.ActorPoolStrategy(size=scoring.num_actors)
+        if scoring.max_actors is None
+        else ray.data.ActorPoolStrategy(min_size=scoring.num_actors, max_size=scoring.max_actors),
+        batch_size=clip.batch_size,
+        batch_format="pyarrow",
+        num_cpus=scoring.cpus_per_actor,
+        num_gpus=scoring.gpus_per_actor if use_gpu else None,
+    )
+    dataset.write_parquet(str(out), mode="overwrite", min_rows_per_file=rows_per_file)
+    return sorted(str(p) for p in out.glob("*.parquet"))
+
+
+_TEXT_CACHE: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def text_embeddings_for(config: ExperimentConfig, manifest: PoolManifest) -> tuple[np.ndarray, np.ndarray]:
+    """Per known class, the yes- and no-tower text embeddings of its prompts; once per job (cached on disk)."""
+    from osal_ray.clip import clipn_tokenizer, text_embeddings
+
+    clip = config.clip
+    names = list(manifest.known_class_names())
+    key = hashlib.sha256(json.dumps([clip_key(clip), names, clip.domain, clip.templates]).encode()).hexdigest()[:12]
+    if key in _TEXT_CACHE:
+        return _TEXT_CACHE[key]
+    path = Path(manifest.directory) / f"clip_text_{key}.npz"
+    if path.is_file():
+        with np.load(path) as cached:
+            _TEXT_CACHE[key] = (cached["yes"], cached["no"])
+            return _TEXT_CACHE[key]
+    model = load_clipn(clip)
+    yes, no = text_embeddings(model, clipn_tokenizer(model), names, domain=clip.domain, templates=clip.templates)
+    np.savez(path, yes=yes, no=no)
+    _TEXT_CACHE[key] = (yes, no)
+    return yes, no
+
+
+@register_context("clip_text_yes")
+def _text_yes(state: ScoringState) -> np.ndarray:
+    return text_embeddings_for(state.config, state.manifest)[0]
+
+
+@register_context("clip_text_no")
+def _text_no(state: ScoringState) -> np.ndarray:
+    return text_embeddings_for(state.config, state.manifest)[1]
+
+
+@register_context("clip_class_means")
+def _class_means(state: ScoringState) -> np.ndarray:
+    """Per known class, the normalised mean CLIP embedding of its labeled samples (VLPure Eq. 5)."""
+    from osal_ray.clip import class_mean_embeddings
+
+    table = read_table(pool_paths(state.manifest), [EMBEDDING], np.asarray(state.labeled_ids, dtype=np.int64))
+    ids = table.column("id").to_numpy()
+    wanted = np.asarray(state.labeled_ids, dtype=np.int64)
+    labels = np.asarray(state.labeled_labels, dtype=np.int64)[np.argsort(wanted)][np.searchsorted(np.sort(wanted), ids)]
+    embeddings = decode_vectors(table.column(EMBEDDING), state.manifest.vector_columns[EMBEDDING])
+    return class_mean_embeddings(embeddings, labels, state.manifest.num_known).astype(np.float32)
+
+
+def _cosine(inputs: ColumnInputs, context: str) -> torch.Tensor:
+    embedding = torch.nn.functional.normalize(inputs.stored[EMBEDDING].float(), dim=1)
+    return embedding @ inputs.context[context].float().T
+
+
+@register_column("clip_cos_yes", "cosine of the CLIP image embedding with each known class's yes-tower text embedding, (N, K)",
+                 reads=(EMBEDDING,), context=("clip_text_yes",))
+def _clip_cos_yes(inputs: ColumnInputs) -> torch.Tensor:
+    return _cosine(inputs, "clip_text_yes")
+
+
+@register_column("clip_cos_no", "cosine of the CLIP image embedding with each known class's no-tower text embedding, (N, K)",
+                 reads=(EMBEDDING,), context=("clip_text_no",))
+def _clip_cos_no(inputs: ColumnInputs) -> torch.Tensor:
+    return _cosine(inputs, "clip_text_no")
+
+
+@register_column("clip_cos_visual", "cosine of the CLIP image embedding with each known class's labeled mean embedding, (N, K)",
+                 reads=(EMBEDDING,), context=("clip_class_means",))
+def _clip_cos_visual(inputs: ColumnInputs) -> torch.Tensor:
+    return _cosine(inputs, "clip_class_means")
