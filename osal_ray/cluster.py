@@ -23,7 +23,13 @@ def connect_ray(config: RayConfig) -> None:
                 object_store_memory=config.object_store_memory_mb * 1024 * 1024,
                 include_dashboard=False,
             )
-    # Our own progress lines replace Ray Data's bars and per-dataset INFO lines.
+    configure_ray_logging()
+
+
+def configure_ray_logging() -> None:
+    """Our own progress lines replace Ray Data's bars and per-dataset INFO lines."""
+    import ray.data
+
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False

@@ -104,8 +104,29 @@ class ScoringConfig:
     num_actors: int = 1
     max_actors: int | None = None
     cpus_per_actor: float = 0.5
+    cpus_per_read: float = 0.25
     gpus_per_actor: float = 0.0
+    resources_per_actor: dict[str, float] = field(default_factory=dict)
     batch_size: int = 512
+
+
+@dataclass
+class SweepConfig:
+    """A Ray Tune sweep over any config keys; each trial is a full active-learning experiment.
+
+    ``space`` maps dotted config keys (or the shorthands ``seed`` and ``strategy``) to one of
+    {grid: [...]}, {choice: [...]}, {uniform: [lo, hi]}, {loguniform: [lo, hi]}, {randint: [lo, hi]}.
+    An empty space means the job is a single experiment, not a sweep.
+    """
+
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    searcher: str = "grid"
+    metric: str = "aubc"
+    metric_strategy: str | None = None
+    num_samples: int = 1
+    max_concurrent_trials: int = 1
+    trial_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 0.25})
+    seed: int = 0
 
 
 @dataclass
@@ -126,6 +147,7 @@ class ExperimentConfig:
     strategies: list[str] = field(default_factory=lambda: ["random", "entropy", "coreset", "lfosa", "jsosal"])
     strategy_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     output_dir: str | None = None
+    storage_path: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     al: ALConfig = field(default_factory=ALConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -133,11 +155,16 @@ class ExperimentConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def resolved_output_dir(self) -> Path:
         """The output directory, ``outputs/<name>`` unless set."""
         return Path(self.output_dir or f"outputs/{self.name}")
+
+    def resolved_storage(self) -> str:
+        """Where checkpoints and round state go: ``storage_path`` (a path or URI), else the output directory."""
+        return self.storage_path or str(self.resolved_output_dir().resolve())
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of the whole configuration (what ``config.yaml`` holds)."""

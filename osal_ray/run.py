@@ -29,23 +29,40 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from osal_ray.config import load_config
 
+    from osal_ray.sweep import is_sweep
+
     try:
         config = load_config(args.config, args.overrides)
         if args.output_dir:
             config.output_dir = args.output_dir
-        from osal_ray.experiment.runner import prepare_experiment
+        if is_sweep(config):
+            from osal_ray.data import load_dataset
+            from osal_ray.sweep import validate_sweep
+            from osal_ray.validation import validate_config
 
-        prepared = prepare_experiment(config)
+            validate_config(config)
+            validate_sweep(config)
+            load_dataset(config.data)  # a missing data root fails here, not in every trial
+        else:
+            from osal_ray.experiment.runner import prepare_experiment
+
+            prepared = prepare_experiment(config)
     except InputError as exc:
         print(f"osal_ray: error: {exc}", file=sys.stderr)
         return 2
 
     from osal_ray.cluster import connect_ray
-    from osal_ray.experiment.runner import run_experiment
 
     connect_ray(config.ray)
     try:
-        run_experiment(prepared)
+        if is_sweep(config):
+            from osal_ray.sweep import run_sweep
+
+            run_sweep(config)
+        else:
+            from osal_ray.experiment.runner import run_experiment
+
+            run_experiment(prepared)
     except InputError as exc:
         print(f"osal_ray: error: {exc}", file=sys.stderr)
         return 2

@@ -86,7 +86,9 @@ def validate_config(config: ExperimentConfig) -> None:
         _require(s.max_actors >= s.num_actors, "scoring.max_actors", f"must be >= scoring.num_actors ({s.num_actors})")
     _require(s.cpus_per_actor > 0, "scoring.cpus_per_actor", "must be positive (fractions such as 0.5 are allowed)")
     _require(s.gpus_per_actor >= 0, "scoring.gpus_per_actor", "must be >= 0")
+    _require(s.cpus_per_read > 0, "scoring.cpus_per_read", "must be positive (a fraction keeps reads from starving actors)")
     _require(s.batch_size >= 1, "scoring.batch_size", "must be at least 1")
+    _require(all(v > 0 for v in s.resources_per_actor.values()), "scoring.resources_per_actor", "amounts must be positive")
 
     if config.ray.num_cpus is not None:
         _require(config.ray.num_cpus >= 1, "ray.num_cpus", "must be at least 1")

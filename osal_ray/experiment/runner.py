@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from osal_ray import storage
 from osal_ray.config import ExperimentConfig, dump_config
 from osal_ray.data import build_split, load_dataset, materialize_pool
 from osal_ray.data.pool import PoolManifest
@@ -45,8 +46,9 @@ class PreparedExperiment:
     states: dict[tuple[str, int], RunState | None]
 
 
-def run_dir(output_dir: Path, strategy: str, seed: int) -> Path:
-    return output_dir / "runs" / strategy / f"seed_{seed}"
+def run_location(storage_root: str, strategy: str, seed: int) -> str:
+    """Where a run's state lives under the storage root (a directory or a URI)."""
+    return storage.join(storage_root, "runs", strategy, f"seed_{seed}")
 
 
 def prepare_experiment(config: ExperimentConfig, log: Callable[[str], None] = print) -> PreparedExperiment:
@@ -56,7 +58,7 @@ def prepare_experiment(config: ExperimentConfig, log: Callable[[str], None] = pr
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError("--output-dir", f"{output_dir} exists and is not a directory")
     states = {
-        (strategy, seed): open_run_state(run_dir(output_dir, strategy, seed) / STATE_FILE, config, strategy, seed)
+        (strategy, seed): open_run_state(storage.join(run_location(config.resolved_storage(), strategy, seed), STATE_FILE), config, strategy, seed)
         for seed in config.seeds
         for strategy in config.strategies
     }
@@ -126,15 +128,15 @@ def run_experiment(prepared: PreparedExperiment, log: Callable[[str], None] = pr
     for prepared_seed in prepared.seeds:
         prepared_seed = with_stored_columns(config, prepared_seed)
         for name in config.strategies:
-            directory = run_dir(output_dir, name, prepared_seed.seed)
             context = RunContext(
                 config=config,
                 strategy=get_strategy(name),
                 seed=prepared_seed.seed,
                 manifest=prepared_seed.manifest,
                 oracle=prepared_seed.oracle,
-                run_dir=directory,
-                storage_path=output_dir / "checkpoints",
+                run_location=run_location(config.resolved_storage(), name, prepared_seed.seed),
+                checkpoint_location=storage.join(config.resolved_storage(), "checkpoints"),
+                staging=output_dir / "staging",
                 log=log,
                 on_round=on_round,
             )

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from osal_ray import storage
 from osal_ray.config import ExperimentConfig
 from osal_ray.errors import InputError
 
@@ -70,14 +71,15 @@ class RunState:
     def annotated_ids(self) -> np.ndarray:
         return np.asarray(self.labeled_ids + self.invalid_ids, dtype=np.int64)
 
-    def save(self, path: Path) -> None:
+    def save(self, location: str) -> None:
         """Write the state atomically: a crash leaves the previous round's state intact."""
-        atomic_write_text(path, json.dumps(asdict(self), default=_json_default, allow_nan=True))
+        storage.write_bytes(location, json.dumps(asdict(self), default=_json_default, allow_nan=True).encode())
 
     @classmethod
-    def load(cls, path: Path) -> "RunState":
+    def load(cls, location: str | Path) -> "RunState":
+        path = str(location)
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(storage.read_bytes(path))
             raw["queries"] = [QueryRecord(**q) for q in raw["queries"]]
             raw["rounds"] = [RoundRecord(**r) for r in raw["rounds"]]
             state = cls(**raw)
@@ -143,18 +145,18 @@ def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = 
     return differences
 
 
-def open_run_state(path: Path, config: ExperimentConfig, strategy: str, seed: int) -> RunState | None:
+def open_run_state(location: str, config: ExperimentConfig, strategy: str, seed: int) -> RunState | None:
     """The saved state of this run, None if there is none; InputError if it was made differently."""
-    if not path.is_file():
+    if not storage.exists(location):
         return None
-    state = RunState.load(path)
+    state = RunState.load(location)
     # Compare through JSON so that tuples and lists, ints and floats compare as they were saved.
     wanted = json.loads(json.dumps(run_settings(config, strategy, seed), default=_json_default))
     differences = describe_difference(state.settings, wanted)
     if differences:
         raise InputError(
             "--output-dir",
-            f"{path.parent} holds a {strategy} seed {seed} run made with other settings: "
+            f"{location} holds a {strategy} seed {seed} run made with other settings: "
             f"{'; '.join(differences[:5])}. Use another --output-dir, or delete it to start over",
         )
     return state

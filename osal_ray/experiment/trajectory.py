@@ -8,8 +8,8 @@ selects ``al.budget`` samples (pure numpy), reveals their labels (the oracle), r
 from __future__ import annotations
 
 import hashlib
+import io
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,8 @@ from osal_ray.data.pool import PoolManifest, initial_ids
 from osal_ray.experiment import metrics
 from osal_ray.experiment.networks import NetworkPlan, network_seed, plan_networks
 from osal_ray.experiment.oracle import Oracle
-from osal_ray.experiment.state import QueryRecord, RoundRecord, RunState, run_settings
+from osal_ray import storage
+from osal_ray.experiment.state import STATE_FILE, QueryRecord, RoundRecord, RunState, run_settings
 from osal_ray.scoring import context_for, score_pool
 from osal_ray.scoring.context import ScoringState, build_context
 from osal_ray.strategies import LabeledScores, PoolScores, QueryContext, Selection, Strategy
@@ -38,8 +39,9 @@ class RunContext:
     seed: int
     manifest: PoolManifest
     oracle: Oracle
-    run_dir: Path
-    storage_path: Path
+    run_location: str
+    checkpoint_location: str
+    staging: Path
     log: Callable[[str], None]
     on_round: Callable[[RunState, RoundRecord], None]
 
@@ -51,7 +53,7 @@ class RunContext:
 def run_trajectory(ctx: RunContext, state: RunState | None) -> RunState:
     """Run (or continue) the trajectory until ``al.rounds`` rounds are finished."""
     plans = plan_networks(ctx.config, ctx.manifest, ctx.strategy)
-    state_path = ctx.run_dir / "state.json"
+    state_path = storage.join(ctx.run_location, STATE_FILE)
     if state is None:
         state = RunState(ctx.strategy.name, ctx.seed, run_settings(ctx.config, ctx.strategy.name, ctx.seed))
         state.rng_state = np.random.default_rng(np.random.SeedSequence([ctx.seed, 0xA1])).bit_generator.state
@@ -97,6 +99,7 @@ def _query_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], rou
     started = time.perf_counter()
     params = ctx.config.strategy_params.get(ctx.strategy.name, {})
     columns = list(ctx.strategy.required_columns(params))
+    timings: dict[str, float] = {}
     scores = score_pool(
         ctx.manifest,
         state.checkpoints,
@@ -105,6 +108,7 @@ def _query_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], rou
         network_inputs={plan.name: plan.spec.input for plan in plans},
         context=build_context(context_for(columns), ScoringState(ctx.config, ctx.manifest, state.labeled_ids, state.labeled_labels)),
         progress=lambda msg: ctx.log(f"{ctx.label} round {round_index}/{rounds}: {msg}"),
+        timings=timings,
     )
     scored = time.perf_counter()
     annotated = np.isin(scores.ids, state.annotated_ids())
@@ -121,13 +125,14 @@ def _query_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], rou
         params=params,
         labeled=labeled,
         round=round_index,
-        carry=load_carry(ctx.run_dir, state.carry_file),
+        carry=load_carry(ctx.run_location, state.carry_file),
     )
     selection = ctx.strategy.select(pool, ctx.config.al.budget, context)
-    state.carry_file = save_carry(ctx.run_dir, round_index, selection.carry)
+    state.carry_file = save_carry(ctx.run_location, round_index, selection.carry)
     selected = time.perf_counter()
 
     chosen = pool.ids[selection.indices]
+    labelling = time.perf_counter()
     revealed = ctx.oracle.reveal(chosen)
     known = ctx.oracle.known_index(chosen)
     for query_id, score, label, k in zip(chosen.tolist(), selection.scores.tolist(), revealed.tolist(), known.tolist()):
@@ -137,7 +142,9 @@ def _query_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], rou
             state.labeled_labels.append(k)
         else:
             state.invalid_ids.append(query_id)
+    labelled = time.perf_counter()
     extra = selection_diagnostics(selection, pool, ctx.oracle)
+    extra["driver_peak_rss_mb"] = peak_rss_mb()
     n_known = int((known >= 0).sum())
     ctx.log(
         f"{ctx.label} round {round_index}/{rounds}: scored {len(scores)} in {scored - started:.1f}s, "
@@ -157,29 +164,41 @@ def _query_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], rou
         precision=metrics.precision(known >= 0),
         recall=metrics.recall(len(state.labeled_ids), ctx.oracle.num_known),
         extra=extra,
-        seconds={"score": scored - started, "select": selected - scored, "train": train_seconds},
+        seconds={
+            "score": timings.get("score", scored - started),
+            "gather": timings.get("gather", 0.0),
+            "select": selected - scored,
+            "label": labelled - labelling,
+            "train": train_seconds,
+        },
     )
     state.rounds.append(record)
     return record
 
 
-def load_carry(run_dir: Path, name: str | None) -> dict[str, np.ndarray]:
+def peak_rss_mb() -> float:
+    """The driver process's peak resident memory so far, in MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def load_carry(run_location: str, name: str | None) -> dict[str, np.ndarray]:
     """The arrays a strategy carried over from its previous round (empty at first)."""
     if name is None:
         return {}
-    with np.load(run_dir / name, allow_pickle=False) as data:
+    with np.load(io.BytesIO(storage.read_bytes(storage.join(run_location, name))), allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
 
 
-def save_carry(run_dir: Path, round_index: int, carry: Mapping[str, np.ndarray]) -> str | None:
+def save_carry(run_location: str, round_index: int, carry: Mapping[str, np.ndarray]) -> str | None:
     """Write a strategy's carried arrays before the round's state refers to them."""
     if not carry:
         return None
     name = f"carry_round_{round_index:03d}.npz"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{name}.tmp.npz"
-    np.savez(tmp, **{key: np.asarray(value) for key, value in carry.items()})
-    os.replace(tmp, run_dir / name)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{key: np.asarray(value) for key, value in carry.items()})
+    storage.write_bytes(storage.join(run_location, name), buffer.getvalue())
     return name
 
 
@@ -239,7 +258,7 @@ def _train_all(ctx: RunContext, state: RunState, plans: list[NetworkPlan], round
         )
         # The digest of the training set keeps Ray Train from resuming a run of another labeled set.
         name = f"{ctx.strategy.name}-seed{ctx.seed}-round{round_index:03d}-{plan.name}-{_digest(ids, labels)}"
-        result = fit_network(job, train, ctx.storage_path, name)
+        result = fit_network(job, train, ctx.checkpoint_location, name, staging=ctx.staging)
         state.checkpoints[plan.name] = result.checkpoint_path
         if plan.evaluate:
             accuracy = float(result.metrics["accuracy"])

@@ -110,7 +110,7 @@ def _embed_files(paths: list[str], out: Path, manifest: PoolManifest, clip: Clip
     import ray.data
 
     use_gpu = scoring.gpus_per_actor > 0
-    dataset = ray.data.read_parquet(paths).map_batches(
+    dataset = ray.data.read_parquet(paths, num_cpus=scoring.cpus_per_read).map_batches(
         ClipImageEmbedder,
         fn_constructor_kwargs={
             "clip": dataclasses.asdict(clip),

@@ -29,7 +29,7 @@ class PoolScorer:
                  use_gpu: bool, threads: int) -> None:
         import torch
 
-        from osal_ray.training.checkpoints import load_network
+        from osal_ray.training.checkpoints import load_network_anywhere
 
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -38,7 +38,7 @@ class PoolScorer:
         self.context = as_tensors(context, self.device)
         self.networks = {}
         for network in sorted(networks_for(columns)):
-            model, spec = _load_checkpoint(checkpoints[network], load_network)
+            model, spec = load_network_anywhere(checkpoints[network])
             self.networks[network] = (model.eval().to(self.device), spec.input)
         self.stored = sorted(stored_columns_for(columns))
 
@@ -64,16 +64,6 @@ class PoolScorer:
         return result
 
 
-def _load_checkpoint(path: str, load_network: Callable):
-    """Load a network from a local path or any URI Ray Train's Checkpoint understands."""
-    if "://" not in path:
-        return load_network(path)
-    from ray.train import Checkpoint
-
-    with Checkpoint(path).as_directory() as folder:
-        return load_network(folder)
-
-
 def score_pool(
     manifest: PoolManifest,
     checkpoints: Mapping[str, str],
@@ -82,8 +72,12 @@ def score_pool(
     network_inputs: Mapping[str, str] | None = None,
     context: Mapping[str, np.ndarray] | None = None,
     progress: Callable[[str], None] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> PoolScores:
     """Score every pool row; returns ids (sorted) and the requested columns.
+
+    ``timings`` (if given) receives ``score`` (the Ray Data pass, until the last batch arrived)
+    and ``gather`` (the driver's concatenation and sort).
 
     ``network_inputs`` names the stored column each network reads (default: the image);
     ``context`` holds the round's small arrays for columns that declare them.
@@ -103,7 +97,7 @@ def score_pool(
     use_gpu = scoring.gpus_per_actor > 0
     inputs = network_inputs or {}
     stored = stored_columns_for(columns) | {inputs.get(network, "image") for network in networks_for(columns)}
-    dataset = ray.data.read_parquet(pool_paths(manifest)).select_columns(["id", *sorted(stored)]).map_batches(
+    dataset = ray.data.read_parquet(pool_paths(manifest), num_cpus=scoring.cpus_per_read).select_columns(["id", *sorted(stored)]).map_batches(
         PoolScorer,
         fn_constructor_kwargs={
             "manifest": manifest.to_dict(),
@@ -118,6 +112,7 @@ def score_pool(
         batch_format="pyarrow",
         num_cpus=scoring.cpus_per_actor,
         num_gpus=scoring.gpus_per_actor if use_gpu else None,
+        resources=dict(scoring.resources_per_actor) or None,
     )
     parts: dict[str, list[np.ndarray]] = {"id": [], **{name: [] for name in columns}}
     started = last = time.perf_counter()
@@ -129,6 +124,12 @@ def score_pool(
         if progress and time.perf_counter() - last > 10:
             last = time.perf_counter()
             progress(f"scored {done}/{manifest.num_pool} ({done / (last - started):.0f} samples/s)")
+    if timings is not None:
+        timings["score"] = time.perf_counter() - started
+    gathered = time.perf_counter()
     ids = np.concatenate(parts.pop("id"))
     order = np.argsort(ids, kind="stable")
-    return PoolScores(ids[order], {name: np.concatenate(values)[order] for name, values in parts.items()})
+    result = PoolScores(ids[order], {name: np.concatenate(values)[order] for name, values in parts.items()})
+    if timings is not None:
+        timings["gather"] = time.perf_counter() - gathered
+    return result

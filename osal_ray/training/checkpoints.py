@@ -85,3 +85,14 @@ def load_network(path: str | Path, expected: NetworkSpec | None = None, field_na
         )
     model.load_state_dict(state)
     return model, spec
+
+
+def load_network_anywhere(location: str, expected: NetworkSpec | None = None, field_name: str = "checkpoint"
+                          ) -> tuple[torch.nn.Module, NetworkSpec]:
+    """``load_network`` for a local path or any URI Ray Train's Checkpoint understands (s3://, ...)."""
+    if "://" not in location:
+        return load_network(location, expected, field_name)
+    from ray.train import Checkpoint
+
+    with Checkpoint(location).as_directory() as folder:
+        return load_network(folder, expected, field_name)

@@ -6,8 +6,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from osal_ray import storage
 from osal_ray.config import TrainConfig
-from osal_ray.training.worker import TrainJob, train_loop_per_worker
+from osal_ray.training.worker import InProcessSession, TrainJob, train_loop_per_worker
 
 
 @dataclass(frozen=True)
@@ -18,19 +19,25 @@ class FitResult:
     metrics: dict[str, Any]
 
 
-def fit_network(job: TrainJob, train: TrainConfig, storage_path: Path, name: str) -> FitResult:
+def fit_network(job: TrainJob, train: TrainConfig, storage_path: str, name: str, staging: Path | None = None) -> FitResult:
     """Train ``job`` with Ray Train (in-process when ``train.num_workers`` is 0).
 
-    Runs are named ``name`` under ``storage_path``; Ray Train resumes a run of the same
-    name from its last checkpoint, which is how an interrupted round picks up again.
+    Runs are named ``name`` under ``storage_path`` (a directory or a URI such as s3://...);
+    Ray Train resumes a run of the same name from its last checkpoint, which is how an
+    interrupted round picks up again. In-process training writes its checkpoint to
+    ``storage_path`` directly, or to ``staging`` and then uploads it when storage is a URI.
     """
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     local = train.num_workers == 0
-    storage_path = storage_path.resolve()
+    storage_path = storage.ray_storage_path(storage_path)
     if local:
-        job = replace(job, local_checkpoint_dir=str(storage_path / name / "checkpoint"))
+        target = storage.join(storage_path, name, "checkpoint")
+        folder = (staging or Path(".")) / name / "checkpoint" if storage.is_uri(storage_path) else Path(target)
+        job = replace(job, local_checkpoint_dir=str(folder))
+        if _in_tune_trial():
+            return _fit_in_tune_trial(job, storage_path, target)
         scaling = ScalingConfig(num_workers=0)
     else:
         scaling = ScalingConfig(
@@ -51,4 +58,36 @@ def fit_network(job: TrainJob, train: TrainConfig, storage_path: Path, name: str
     result = trainer.fit()
     if result.checkpoint is None or result.metrics is None:
         raise RuntimeError(f"training run {name} finished without reporting a checkpoint")
+    if local:
+        return _local_result(job, storage_path, target, dict(result.metrics))
     return FitResult(checkpoint_path=result.checkpoint.path, metrics=dict(result.metrics))
+
+
+def _local_result(job: TrainJob, storage_path: str, target: str, metrics: dict[str, Any]) -> FitResult:
+    """The in-process checkpoint, uploaded when the storage is a URI."""
+    if storage.is_uri(storage_path):
+        import pyarrow.fs as pafs
+
+        pafs.copy_files(str(Path(job.local_checkpoint_dir).resolve()), target)
+    return FitResult(checkpoint_path=target, metrics=metrics)
+
+
+def _in_tune_trial() -> bool:
+    """Ray Train refuses its local mode inside a Tune trial (ray-project/ray#49454)."""
+    try:
+        from ray.tune.trainable.trainable_fn_utils import _in_tune_session
+    except ImportError:  # a Ray without the check has no such restriction either
+        return False
+    return _in_tune_session()
+
+
+def _fit_in_tune_trial(job: TrainJob, storage_path: str, target: str) -> FitResult:
+    """``num_workers: 0`` inside a sweep trial: the same loop in the trial process, as local mode would run it.
+
+    ``num_workers >= 1`` inside a trial uses TorchTrainer workers (Ray's Train-inside-Tune pattern).
+    """
+    session = InProcessSession()
+    train_loop_per_worker(job.to_config(), session=session)
+    if session.metrics is None:
+        raise RuntimeError("the training loop reported nothing")
+    return _local_result(job, storage_path, target, dict(session.metrics))

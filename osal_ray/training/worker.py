@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from osal_ray.config import TrainConfig
 from osal_ray.data.pool import PoolManifest, model_input, pool_paths, read_table
-from osal_ray.training.checkpoints import MODEL_FILE, NetworkSpec, load_network, save_network
+from osal_ray.training.checkpoints import MODEL_FILE, NetworkSpec, load_network, load_network_anywhere, save_network
 from osal_ray.training.objectives import OBJECTIVES
 
 TRAIN_STATE_FILE = "train_state.pt"
@@ -56,14 +56,47 @@ class TrainJob:
         return cls(**raw)
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+class RayTrainSession:
+    """The Ray Train calls the loop makes: rank, world size, resume checkpoint, report."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        self.train = ray.train
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+
+    def get_checkpoint(self):
+        return self.train.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], folder: str | None) -> None:
+        checkpoint = self.train.Checkpoint.from_directory(folder) if folder is not None else None
+        self.train.report(metrics, checkpoint=checkpoint)
+
+
+class InProcessSession:
+    """What Ray Train's local mode does, for the one place it refuses to run: inside a Tune trial."""
+
+    rank, world = 0, 1
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, Any] | None = None
+        self.folder: str | None = None
+
+    def get_checkpoint(self):
+        return None
+
+    def report(self, metrics: dict[str, Any], folder: str | None) -> None:
+        self.metrics, self.folder = metrics, folder
+
+
+def train_loop_per_worker(config: dict[str, Any], session: RayTrainSession | InProcessSession | None = None) -> None:
     """Train ``TrainJob`` with SGD + StepLR, evaluate on rank 0, report the final checkpoint."""
-    import ray.train
     import ray.train.torch
 
     job = TrainJob.from_config(config)
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
+    session = session or RayTrainSession()
+    rank, world = session.rank, session.world
     distributed = job.local_checkpoint_dir is None
     device = _device(job.train.use_gpu, distributed)
     torch.manual_seed(job.seed)
@@ -79,7 +112,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     model = job.spec.build()
     if job.init_checkpoint:
-        warm, _ = load_network(job.init_checkpoint, expected=job.spec, field_name="train.reinit (warm start)")
+        warm, _ = load_network_anywhere(job.init_checkpoint, expected=job.spec, field_name="train.reinit (warm start)")
         model.load_state_dict(warm.state_dict())
     model = ray.train.torch.prepare_model(model) if distributed and world > 1 else model.to(device)
     train = job.train
@@ -87,7 +120,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=train.lr_step, gamma=train.lr_gamma)
 
     start_epoch = 0
-    resumed = ray.train.get_checkpoint()
+    resumed = session.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as folder:
             start_epoch = _restore(Path(folder), model, optimizer, scheduler)
@@ -105,7 +138,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0 and job.log_prefix and (done % log_every == 0 or done == train.epochs):
             print(f"{job.log_prefix} {job.network}: epoch {done}/{train.epochs} loss {loss_value:.4f}", flush=True)
         if train.checkpoint_every and done % train.checkpoint_every == 0 and done < train.epochs:
-            _report(job, model, optimizer, scheduler, done, {"epoch": done, "loss": loss_value}, rank)
+            _report(session, job, model, optimizer, scheduler, done, {"epoch": done, "loss": loss_value})
 
     metrics: dict[str, Any] = {
         "epoch": train.epochs,
@@ -115,7 +148,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     }
     if job.evaluate and rank == 0:
         metrics["accuracy"] = evaluate_accuracy(getattr(model, "module", model), job.manifest, device, job.spec.input)
-    _report(job, model, optimizer, scheduler, train.epochs, metrics, rank)
+    _report(session, job, model, optimizer, scheduler, train.epochs, metrics)
 
 
 def _device(use_gpu: bool, distributed: bool) -> torch.device:
@@ -187,21 +220,19 @@ def evaluate_accuracy(model: torch.nn.Module, manifest: PoolManifest, device: to
     return correct / max(len(targets), 1)
 
 
-def _report(job: TrainJob, model, optimizer, scheduler, epoch: int, metrics: dict[str, Any], rank: int) -> None:
-    import ray.train
-
-    if rank != 0:
-        ray.train.report(metrics, checkpoint=None)
+def _report(session, job: TrainJob, model, optimizer, scheduler, epoch: int, metrics: dict[str, Any]) -> None:
+    if session.rank != 0:
+        session.report(metrics, None)
         return
     if job.local_checkpoint_dir is not None:
         folder = Path(job.local_checkpoint_dir)
         folder.mkdir(parents=True, exist_ok=True)
         _write_checkpoint(folder, job, model, optimizer, scheduler, epoch)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+        session.report(metrics, str(folder))
         return
     with tempfile.TemporaryDirectory() as tmp:
         _write_checkpoint(Path(tmp), job, model, optimizer, scheduler, epoch)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        session.report(metrics, tmp)
 
 
 def _write_checkpoint(folder: Path, job: TrainJob, model, optimizer, scheduler, epoch: int) -> None:

@@ -1,0 +1,62 @@
+"""Where training checkpoints and round state live: a local directory or any pyarrow filesystem URI.
+
+A multi-node run needs storage every node can reach (an NFS/EFS mount, or ``s3://``,
+``gs://``, ...). Local paths are written atomically (temporary file, fsync, rename); object
+stores write whole objects, which readers never see half-written.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+def is_uri(location: str) -> bool:
+    """True for ``scheme://...`` locations (``file://`` included)."""
+    return "://" in location
+
+
+def join(location: str, *parts: str) -> str:
+    """``location/part/...`` for a path or a URI."""
+    return "/".join([location.rstrip("/"), *parts]) if is_uri(location) else str(Path(location, *parts))
+
+
+def _resolve(location: str) -> tuple[pafs.FileSystem, str]:
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), str(Path(location).resolve())
+
+
+def exists(location: str) -> bool:
+    filesystem, path = _resolve(location)
+    return filesystem.get_file_info(path).type == pafs.FileType.File
+
+
+def read_bytes(location: str) -> bytes:
+    filesystem, path = _resolve(location)
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def write_bytes(location: str, data: bytes) -> None:
+    """Write ``data`` so that a reader sees the old or the new content, never a mix."""
+    filesystem, path = _resolve(location)
+    parent = path.rsplit("/", 1)[0]
+    filesystem.create_dir(parent, recursive=True)
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        return
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(data)
+
+
+def ray_storage_path(location: str) -> str:
+    """What Ray Train's RunConfig(storage_path=...) takes: an absolute path or the URI itself."""
+    return location if is_uri(location) else str(Path(location).resolve())

@@ -1,0 +1,266 @@
+"""Sweeps with Ray Tune: every trial is a full active-learning experiment of a config variant.
+
+A job with a non-empty ``sweep.space`` is a sweep. The Tune trial is a small driver function
+that prepares and runs the experiment (its networks train with Ray Train's TorchTrainer and its
+pool is scored by Ray Data, as Ray's Train-inside-Tune pattern has it) and reports the summary
+metric. Outputs (under ``<output_dir>/sweep/``): ``trials.parquet`` and ``trials.csv`` (swept
+values + summary metrics per trial), ``best_config.yaml``, ``objective.png``; each trial's own
+outputs in the foundation's format under ``<output_dir>/trials/<trial key>/``. Running the
+same command again restores the Tune experiment and resumes unfinished trials, whose own runs
+resume after their last finished round.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from osal_ray import storage
+from osal_ray.config import ExperimentConfig, config_from_dict, dump_config, set_dotted
+from osal_ray.errors import InputError
+
+SEARCHERS = ("grid", "random", "optuna")
+METRICS = ("aubc", "last_accuracy", "final_recall", "mean_precision")
+KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+SHORTHANDS = {"seed": "seeds", "strategy": "strategies"}
+
+
+def is_sweep(config: ExperimentConfig) -> bool:
+    return bool(config.sweep.space)
+
+
+def apply_values(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the raw config with the trial's values set (``seed``/``strategy`` become one-element lists)."""
+    raw = copy.deepcopy(raw)
+    for key, value in values.items():
+        if key in SHORTHANDS:
+            raw[SHORTHANDS[key]] = [value]
+        else:
+            set_dotted(raw, key, value)
+    return raw
+
+
+def trial_key(values: dict[str, Any]) -> str:
+    """A stable name for a trial's values: the same values always land in the same directory."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _representatives(key: str, spec: Any) -> list[Any]:
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
+        raise InputError(f"sweep.space.{key}", f"expected one of {{{', '.join(k + ': ...' for k in KINDS)}}}, got {spec!r}")
+    kind, args = next(iter(spec.items()))
+    if kind in ("grid", "choice"):
+        if not isinstance(args, list) or not args:
+            raise InputError(f"sweep.space.{key}", f"{kind} needs a non-empty list of values")
+        return list(args)
+    if not isinstance(args, list) or len(args) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in args):
+        raise InputError(f"sweep.space.{key}", f"{kind} needs [low, high]")
+    low, high = args
+    if not low < high or (kind == "loguniform" and low <= 0):
+        raise InputError(f"sweep.space.{key}", f"{kind} needs low < high{' and low > 0' if kind == 'loguniform' else ''}")
+    if kind == "randint":
+        if not all(isinstance(v, int) for v in args):
+            raise InputError(f"sweep.space.{key}", "randint needs integer bounds")
+        return [low, high - 1]
+    return [low, high]
+
+
+def validate_sweep(config: ExperimentConfig) -> None:
+    """Every swept key and every value it can take must make a valid config; checked before Ray."""
+    from osal_ray.validation import validate_config
+
+    sweep = config.sweep
+    if sweep.searcher not in SEARCHERS:
+        raise InputError("sweep.searcher", f"{sweep.searcher!r} is not one of {', '.join(SEARCHERS)}")
+    if sweep.metric not in METRICS:
+        raise InputError("sweep.metric", f"{sweep.metric!r} is not one of {', '.join(METRICS)}")
+    if sweep.num_samples < 1 or sweep.max_concurrent_trials < 1:
+        raise InputError("sweep.num_samples" if sweep.num_samples < 1 else "sweep.max_concurrent_trials", "must be at least 1")
+    if not sweep.trial_resources or any(v < 0 for v in sweep.trial_resources.values()):
+        raise InputError("sweep.trial_resources", "give non-negative amounts, e.g. {CPU: 0.25}")
+    base = config.to_dict()
+    for key, spec in sweep.space.items():
+        values = _representatives(key, spec)
+        if sweep.searcher == "optuna" and "grid" in spec:
+            raise InputError(f"sweep.space.{key}", "the optuna searcher samples; use choice instead of grid")
+        for value in values:
+            try:
+                variant = config_from_dict(apply_values({**base, "sweep": {}}, {key: value}))
+                validate_config(variant)
+            except InputError as exc:
+                raise InputError(f"sweep.space.{key}", f"value {value!r}: {exc}") from None
+    if sweep.metric_strategy is not None:
+        strategies = set(config.strategies)
+        if "strategy" in sweep.space:
+            strategies |= set(_representatives("strategy", sweep.space["strategy"]))
+        if sweep.metric_strategy not in strategies:
+            raise InputError("sweep.metric_strategy", f"{sweep.metric_strategy!r} is not among the strategies {sorted(strategies)}")
+
+
+def _tune_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    from ray import tune
+
+    makers: dict[str, Callable[[Any], Any]] = {
+        "grid": tune.grid_search,
+        "choice": tune.choice,
+        "uniform": lambda a: tune.uniform(*a),
+        "loguniform": lambda a: tune.loguniform(*a),
+        "randint": lambda a: tune.randint(*a),
+    }
+    return {key: makers[kind](args) for key, spec in space.items() for kind, args in spec.items()}
+
+
+def _absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:
+    """Trials run in their own working directories: make the paths in the config absolute."""
+    raw = copy.deepcopy(raw)
+    for section, key in (("data", "root"), ("clip", "checkpoint"), ("clip", "pretrained")):
+        value = raw[section][key]
+        if value and not storage.is_uri(value) and Path(value).exists():
+            raw[section][key] = str(Path(value).resolve())
+    return raw
+
+
+def sweep_trial(values: dict[str, Any], base: dict[str, Any], trials_root: str, storage_root: str | None,
+                metric: str, metric_strategy: str | None) -> None:
+    """One Tune trial: run the experiment of ``base`` with ``values`` and report its objective."""
+    import ray
+    from ray import tune
+
+    from osal_ray.cluster import configure_ray_logging
+    from osal_ray.experiment import prepare_experiment, run_experiment
+
+    configure_ray_logging()
+    key = trial_key(values)
+    raw = apply_values(base, values)
+    raw["sweep"] = {}
+    raw["output_dir"] = str(Path(trials_root) / key)
+    raw["storage_path"] = storage.join(storage_root, "trials", key) if storage_root else None
+    config = config_from_dict(raw)
+    summary = run_experiment(prepare_experiment(config))
+    metrics = {"node_id": ray.get_runtime_context().get_node_id(), "trial_key": key, "trial_output_dir": raw["output_dir"]}
+    for name in METRICS:
+        means = summary["mean"]
+        chosen = [means[metric_strategy][name]] if metric_strategy else [m[name] for m in means.values()]
+        chosen = [v for v in chosen if v is not None]
+        metrics[name] = float(np.mean(chosen)) if chosen else math.nan
+    metrics["objective"] = metrics[metric]
+    tune.report(metrics)
+
+
+def run_sweep(config: ExperimentConfig, log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run (or resume) the sweep; write the trials table, the best config and the plot; return the table."""
+    import functools
+
+    from ray import tune
+
+    sweep = config.sweep
+    output_dir = config.resolved_output_dir().resolve()
+    base = _absolute_paths({**config.to_dict(), "output_dir": str(output_dir)})
+    storage_root = config.storage_path
+    trainable = tune.with_resources(
+        functools.partial(
+            _trial_entry, base=base, trials_root=str(output_dir / "trials"), storage_root=storage_root,
+            metric=sweep.metric, metric_strategy=sweep.metric_strategy,
+        ),
+        dict(sweep.trial_resources),
+    )
+    tune_root = storage.ray_storage_path(storage.join(config.resolved_storage(), "tune"))
+    experiment = storage.join(tune_root, "sweep")
+    if tune.Tuner.can_restore(experiment):
+        log(f"resuming the sweep in {experiment}")
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        search_alg = None
+        if sweep.searcher == "optuna":
+            from ray.tune.search.optuna import OptunaSearch
+
+            search_alg = OptunaSearch(seed=sweep.seed)
+        elif sweep.searcher == "random":
+            from ray.tune.search import BasicVariantGenerator
+
+            search_alg = BasicVariantGenerator(random_state=sweep.seed)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_tune_space(sweep.space),
+            tune_config=tune.TuneConfig(
+                metric="objective", mode="max", search_alg=search_alg, num_samples=sweep.num_samples,
+                max_concurrent_trials=sweep.max_concurrent_trials,
+            ),
+            run_config=tune.RunConfig(name="sweep", storage_path=tune_root, verbose=0),
+        )
+    results = tuner.fit()
+    table = _trials_table(results, list(sweep.space))
+    _write_outputs(config, table, output_dir / "sweep", log)
+    return table
+
+
+def _trial_entry(values: dict[str, Any], **kwargs: Any) -> None:
+    sweep_trial(values, **kwargs)
+
+
+def _trials_table(results: Any, keys: list[str]) -> pd.DataFrame:
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        row: dict[str, Any] = {key: result.config.get(key) for key in keys}
+        row.update({name: metrics.get(name, math.nan) for name in (*METRICS, "objective")})
+        row["node_id"] = metrics.get("node_id")
+        row["trial_key"] = metrics.get("trial_key", trial_key({k: result.config.get(k) for k in keys}))
+        row["status"] = "error" if result.error else "ok"
+        row["error"] = str(result.error).splitlines()[0][:300] if result.error else None
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("objective", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def _write_outputs(config: ExperimentConfig, table: pd.DataFrame, folder: Path, log: Callable[[str], None]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    stored = table.copy()
+    for key in config.sweep.space:
+        stored[key] = stored[key].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
+    stored.to_parquet(folder / "trials.parquet", index=False)
+    stored.to_csv(folder / "trials.csv", index=False)
+    ok = table[table["status"] == "ok"]
+    if len(ok):
+        best = ok.iloc[0]
+        values = {key: best[key] for key in config.sweep.space}
+        values = {k: (v.item() if hasattr(v, "item") else v) for k, v in values.items()}
+        best_config = config_from_dict(apply_values({**config.to_dict(), "sweep": {}}, values))
+        (folder / "best_config.yaml").write_text(
+            f"# best of {len(ok)} finished trials by {config.sweep.metric} = {best['objective']:.4f}\n" + dump_config(best_config)
+        )
+    _plot(table, list(config.sweep.space), config.sweep.metric, folder / "objective.png")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        log(table.drop(columns=["error"]).to_string(index=False))
+    log(f"\nsweep outputs in {folder}: trials.parquet, trials.csv, best_config.yaml, objective.png")
+
+
+def _plot(table: pd.DataFrame, keys: list[str], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.8), squeeze=False)
+    ok = table[table["status"] == "ok"]
+    for ax, key in zip(axes[0], keys):
+        values = ok[key].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
+        if pd.api.types.is_numeric_dtype(values):
+            ax.scatter(values, ok["objective"])
+        else:
+            labels = sorted(values.astype(str).unique())
+            positions = values.astype(str).map({label: i for i, label in enumerate(labels)})
+            ax.scatter(positions, ok["objective"])
+            ax.set_xticks(range(len(labels)), labels, rotation=20)
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
