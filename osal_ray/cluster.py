@@ -18,7 +18,10 @@ def connect_ray(config: RayConfig) -> None:
         if address:
             ray.init(address=address)
         else:
+            # address="local": a new embedded Ray even if another cluster is recorded on this
+            # machine (a plain ray.init() would join the last `ray start` head, if any).
             ray.init(
+                address="local",
                 num_cpus=config.num_cpus,
                 object_store_memory=config.object_store_memory_mb * 1024 * 1024,
                 include_dashboard=False,

@@ -35,6 +35,8 @@ class DataConfig:
     test_fraction: float = 0.3
     train_fraction: float = 1.0
     image_size: int = 32
+    num_samples: int = 100_000
+    num_classes: int = 10
     class_names: list[str] | None = None
     pool_files: int = 2
 

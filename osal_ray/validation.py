@@ -48,6 +48,8 @@ def validate_config(config: ExperimentConfig) -> None:
     _require(0.0 < data.train_fraction <= 1.0, "data.train_fraction", f"{data.train_fraction} must be in (0, 1]")
     _require(data.image_size >= 8, "data.image_size", "must be at least 8 pixels")
     _require(data.pool_files >= 1, "data.pool_files", "must be at least 1")
+    _require(data.num_samples >= 100, "data.num_samples", "must be at least 100 (synthetic dataset)")
+    _require(data.num_classes >= 3, "data.num_classes", "must be at least 3 (synthetic dataset)")
 
     _require(config.al.rounds >= 1, "al.rounds", "must be at least 1")
     _require(config.al.budget >= 1, "al.budget", "must be at least 1")

@@ -110,7 +110,10 @@ def _embed_files(paths: list[str], out: Path, manifest: PoolManifest, clip: Clip
     import ray.data
 
     use_gpu = scoring.gpus_per_actor > 0
-    dataset = ray.data.read_parquet(paths, num_cpus=scoring.cpus_per_read).map_batches(
+    from osal_ray.scoring.pool_pass import rows_per_block
+
+    blocks = rows_per_block(rows_per_file * max(1, len(paths)), manifest.image_bytes + 16, scoring)
+    dataset = ray.data.read_parquet(paths, num_cpus=scoring.cpus_per_read).repartition(target_num_rows_per_block=blocks).map_batches(
         ClipImageEmbedder,
         fn_constructor_kwargs={
             "clip": dataclasses.asdict(clip),

@@ -64,6 +64,15 @@ class PoolScorer:
         return result
 
 
+def rows_per_block(num_rows: int, row_bytes: int, scoring: ScoringConfig, max_block_bytes: int = 64 << 20) -> int:
+    """Block size for the pass: at least 4 blocks per actor, so every actor gets work (a Parquet
+    read may hand over a whole small pool as one block), and blocks of at most ~64 MB."""
+    actors = scoring.max_actors or scoring.num_actors
+    by_count = math.ceil(num_rows / (4 * actors))
+    by_bytes = max(1, max_block_bytes // max(row_bytes, 1))
+    return max(scoring.batch_size, min(by_count, by_bytes))
+
+
 def score_pool(
     manifest: PoolManifest,
     checkpoints: Mapping[str, str],
@@ -97,7 +106,12 @@ def score_pool(
     use_gpu = scoring.gpus_per_actor > 0
     inputs = network_inputs or {}
     stored = stored_columns_for(columns) | {inputs.get(network, "image") for network in networks_for(columns)}
-    dataset = ray.data.read_parquet(pool_paths(manifest), num_cpus=scoring.cpus_per_read).select_columns(["id", *sorted(stored)]).map_batches(
+    row_bytes = 8 + sum(manifest.image_bytes if c == "image" else 4 * manifest.vector_columns[c] for c in stored)
+    dataset = (
+        ray.data.read_parquet(pool_paths(manifest), num_cpus=scoring.cpus_per_read)
+        .select_columns(["id", *sorted(stored)])
+        .repartition(target_num_rows_per_block=rows_per_block(manifest.num_pool, row_bytes, scoring))
+    ).map_batches(
         PoolScorer,
         fn_constructor_kwargs={
             "manifest": manifest.to_dict(),
