@@ -120,6 +120,20 @@ def test_output_dir_of_another_configuration_is_refused(ray_session, digits_conf
     assert state.settings["train"]["lr"] == 0.05 and state.completed_round == 1
 
 
+def test_a_state_saved_before_a_config_key_existed_still_resumes(ray_session, digits_config, tmp_path):
+    config = digits_config(tmp_path / "o", strategies=["random"], **{"al.rounds": 1})
+    _run(config)
+    path = tmp_path / "o" / "runs" / "random" / "seed_0" / "state.json"
+    raw = json.loads(path.read_text())
+    del raw["settings"]["data"]["num_samples"]  # as an older osal_ray wrote it
+    path.write_text(json.dumps(raw))
+    prepare_experiment(config, **QUIET)  # accepted: the missing key is at its default
+    raw["settings"]["data"]["num_classes"] = 7  # but a saved non-default value still counts
+    path.write_text(json.dumps(raw))
+    with pytest.raises(InputError, match="data.num_classes"):
+        prepare_experiment(config, **QUIET)
+
+
 def test_corrupt_state_file_is_a_clear_error(ray_session, digits_config, tmp_path):
     path = tmp_path / "o" / "runs" / "random" / "seed_0" / "state.json"
     path.parent.mkdir(parents=True)

@@ -131,6 +131,16 @@ def run_settings(config: ExperimentConfig, strategy: str, seed: int) -> dict[str
     }
 
 
+def _fill_missing(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    filled = dict(saved)
+    for key, value in defaults.items():
+        if key not in filled:
+            filled[key] = value
+        elif isinstance(value, dict) and isinstance(filled[key], dict):
+            filled[key] = _fill_missing(filled[key], value)
+    return filled
+
+
 def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two settings dicts."""
     keys = sorted(set(old) | set(new))
@@ -152,7 +162,9 @@ def open_run_state(location: str, config: ExperimentConfig, strategy: str, seed:
     state = RunState.load(location)
     # Compare through JSON so that tuples and lists, ints and floats compare as they were saved.
     wanted = json.loads(json.dumps(run_settings(config, strategy, seed), default=_json_default))
-    differences = describe_difference(state.settings, wanted)
+    # A key the saved run did not know yet (an older osal_ray) counts as its default value.
+    defaults = json.loads(json.dumps(run_settings(ExperimentConfig(), strategy, seed), default=_json_default))
+    differences = describe_difference(_fill_missing(state.settings, defaults), wanted)
     if differences:
         raise InputError(
             "--output-dir",
