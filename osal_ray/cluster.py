@@ -26,14 +26,20 @@ def connect_ray(config: RayConfig) -> None:
                 object_store_memory=config.object_store_memory_mb * 1024 * 1024,
                 include_dashboard=False,
             )
-    configure_ray_logging()
+    configure_ray_data()
 
 
-def configure_ray_logging() -> None:
-    """Our own progress lines replace Ray Data's bars and per-dataset INFO lines."""
+def configure_ray_data() -> None:
+    """Ray Data settings for every pass: our own progress lines, and the V1 Parquet reader.
+
+    Ray 2.60's V2 Parquet reader lists the files with a thread pool in a task at every pass; on
+    the default job that costs 25 s over 20 passes (86 s against 61 s, same results) and its
+    interrupted listing thread prints an InterruptedError traceback when a pass ends.
+    """
     import ray.data
 
     context = ray.data.DataContext.get_current()
+    context.use_datasource_v2 = False
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     for name in ("ray.data", "ray.train"):

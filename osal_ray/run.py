@@ -28,7 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     """Run the experiment a config describes; returns the process exit code."""
     args = parse_args(argv)
     from osal_ray.config import load_config
-
     from osal_ray.sweep import is_sweep
 
     try:

@@ -13,34 +13,34 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 
-def is_uri(location: str) -> bool:
+def is_uri(location: str | Path) -> bool:
     """True for ``scheme://...`` locations (``file://`` included)."""
-    return "://" in location
+    return "://" in str(location)
 
 
-def join(location: str, *parts: str) -> str:
+def join(location: str | Path, *parts: str) -> str:
     """``location/part/...`` for a path or a URI."""
-    return "/".join([location.rstrip("/"), *parts]) if is_uri(location) else str(Path(location, *parts))
+    return "/".join([str(location).rstrip("/"), *parts]) if is_uri(location) else str(Path(location, *parts))
 
 
-def _resolve(location: str) -> tuple[pafs.FileSystem, str]:
+def _resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
     if is_uri(location):
-        return pafs.FileSystem.from_uri(location)
+        return pafs.FileSystem.from_uri(str(location))
     return pafs.LocalFileSystem(), str(Path(location).resolve())
 
 
-def exists(location: str) -> bool:
+def exists(location: str | Path) -> bool:
     filesystem, path = _resolve(location)
     return filesystem.get_file_info(path).type == pafs.FileType.File
 
 
-def read_bytes(location: str) -> bytes:
+def read_bytes(location: str | Path) -> bytes:
     filesystem, path = _resolve(location)
     with filesystem.open_input_stream(path) as stream:
         return stream.read()
 
 
-def write_bytes(location: str, data: bytes) -> None:
+def write_bytes(location: str | Path, data: bytes) -> None:
     """Write ``data`` so that a reader sees the old or the new content, never a mix."""
     filesystem, path = _resolve(location)
     parent = path.rsplit("/", 1)[0]
@@ -57,6 +57,13 @@ def write_bytes(location: str, data: bytes) -> None:
         stream.write(data)
 
 
-def ray_storage_path(location: str) -> str:
+def upload_directory(local: str | Path, location: str | Path) -> None:
+    """Copy a local directory's files to ``location`` (a path or URI), creating it first."""
+    filesystem, path = _resolve(location)
+    filesystem.create_dir(path, recursive=True)
+    pafs.copy_files(str(Path(local).resolve()), path, destination_filesystem=filesystem)
+
+
+def ray_storage_path(location: str | Path) -> str:
     """What Ray Train's RunConfig(storage_path=...) takes: an absolute path or the URI itself."""
-    return location if is_uri(location) else str(Path(location).resolve())
+    return str(location) if is_uri(location) else str(Path(location).resolve())

@@ -133,10 +133,10 @@ def sweep_trial(values: dict[str, Any], base: dict[str, Any], trials_root: str, 
     import ray
     from ray import tune
 
-    from osal_ray.cluster import configure_ray_logging
+    from osal_ray.cluster import configure_ray_data
     from osal_ray.experiment import prepare_experiment, run_experiment
 
-    configure_ray_logging()
+    configure_ray_data()
     key = trial_key(values)
     raw = apply_values(base, values)
     raw["sweep"] = {}

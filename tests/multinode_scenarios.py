@@ -3,7 +3,7 @@
 Each scenario runs in its own process (a test session has one Ray per process) and prints one
 line ``RESULT <json>``. Used by tests/test_multinode.py:
 
-    python tests/multinode_scenarios.py spread|node_loss|sweep OUTPUT_DIR
+    python tests/multinode_scenarios.py spread_and_sweep|node_loss OUTPUT_DIR
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ def start_cluster(worker_resources: dict[str, float]):
     cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 1, "include_dashboard": True})
     workers = [cluster.add_node(num_cpus=2, resources=dict(worker_resources)) for _ in range(2)]
     cluster.wait_for_nodes()
-    from osal_ray.cluster import configure_ray_logging
+    from osal_ray.cluster import configure_ray_data
 
-    configure_ray_logging()
+    configure_ray_data()
     return ray, cluster, workers
 
 
@@ -45,13 +45,22 @@ def run(config) -> None:
     run_experiment(prepare_experiment(config, log=lambda _: None), log=lambda _: None)
 
 
-def spread(out: Path) -> dict:
-    from tests_config import spread_config
+def spread_and_sweep(out: Path) -> dict:
+    """One cluster for two checks: scoring actors spread over the workers, and sweep trials too."""
+    from tests_config import spread_config, sweep_config
 
-    ray, cluster, workers = start_cluster({"scorer": 1})
-    run(spread_config(out))
+    from osal_ray.sweep import run_sweep
+
+    ray, cluster, workers = start_cluster({"scorer": 1, "trial": 1})
+    run(spread_config(out / "spread"))
     nodes = sorted({a.node_id for a in scorer_actors() if a.node_id})
-    return {"scorer_nodes": nodes, "worker_nodes": sorted(w.node_id for w in workers)}
+    table = run_sweep(sweep_config(out / "sweep"), log=lambda _: None)
+    return {
+        "scorer_nodes": nodes,
+        "trial_nodes": sorted(set(table["node_id"].dropna())),
+        "trial_status": table["status"].tolist(),
+        "worker_nodes": sorted(w.node_id for w in workers),
+    }
 
 
 def node_loss(out: Path) -> dict:
@@ -66,7 +75,7 @@ def node_loss(out: Path) -> dict:
         while time.time() < deadline:
             alive = [a for a in scorer_actors() if a.state == "ALIVE" and a.node_id]
             if len(alive) >= 2:
-                time.sleep(1.0)  # let both actors take batches
+                time.sleep(0.3)  # let both actors take batches
                 victim = alive[0].node_id
                 event["removed"] = victim
                 event["finished_rounds_before"] = _finished_rounds(out)
@@ -88,21 +97,10 @@ def _finished_rounds(out: Path) -> int:
     return int(pd.read_parquet(path)["round"].max()) if path.is_file() else -1
 
 
-def sweep(out: Path) -> dict:
-    from tests_config import sweep_config
-
-    from osal_ray.sweep import run_sweep
-
-    ray, cluster, workers = start_cluster({"trial": 1})
-    table = run_sweep(sweep_config(out), log=lambda _: None)
-    return {"trial_nodes": sorted(set(table["node_id"].dropna())), "status": table["status"].tolist(),
-            "worker_nodes": sorted(w.node_id for w in workers)}
-
-
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
     scenario, output = sys.argv[1], Path(sys.argv[2])
-    result = {"spread": spread, "node_loss": node_loss, "sweep": sweep}[scenario](output)
+    result = {"spread_and_sweep": spread_and_sweep, "node_loss": node_loss}[scenario](output)
     print("RESULT " + json.dumps(result), flush=True)
     import ray
 

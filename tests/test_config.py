@@ -25,8 +25,18 @@ def test_defaults_are_the_documented_default_job():
 
 
 def test_every_job_file_loads_and_validates():
-    for path in sorted((REPO / "jobs").glob("*.yaml")):
-        validate_config(load_config(path))
+    from osal_ray.sweep import is_sweep, validate_sweep
+
+    paths = sorted((REPO / "jobs").glob("*.yaml"))
+    assert len(paths) >= 8
+    for path in paths:
+        config = load_config(path)
+        validate_config(config)
+        if is_sweep(config):
+            validate_sweep(config)
+        header = path.read_text().split("\n")[0]
+        assert header.startswith("#"), f"{path.name} needs a header saying what it reproduces and its run time"
+        assert "run time" in path.read_text().split("name:")[0].lower(), f"{path.name}: give the expected run time"
 
 
 def test_yaml_and_overrides(tmp_path):
@@ -129,8 +139,9 @@ def test_command_line_exits_2_before_ray(tmp_path, args, needle):
 
 
 def test_config_dump_round_trips():
-    from osal_ray.config import dump_config
     import yaml
+
+    from osal_ray.config import dump_config
 
     config = load_config(None, ["strategy_params.coreset.chunk_size=128", "data.known_classes=[3, 8]"])
     again = config_from_dict(yaml.safe_load(dump_config(config)))

@@ -62,10 +62,10 @@ def test_two_rounds_on_digits_write_the_output_contract(ray_session, digits_conf
 
 
 def test_interrupted_run_resumes_with_identical_results(ray_session, digits_config, tmp_path, monkeypatch):
-    reference = digits_config(tmp_path / "reference", strategies=["entropy"], **{"al.rounds": 3})
+    reference = digits_config(tmp_path / "reference", strategies=["entropy"], **{"al.rounds": 2})
     _run(reference)
 
-    interrupted = digits_config(tmp_path / "interrupted", strategies=["entropy"], **{"al.rounds": 3})
+    interrupted = digits_config(tmp_path / "interrupted", strategies=["entropy"], **{"al.rounds": 2})
     real_train = trajectory_module._train_all
 
     def crash_in_round_2(ctx, state, plans, round_index):
@@ -88,7 +88,7 @@ def test_interrupted_run_resumes_with_identical_results(ray_session, digits_conf
 
     monkeypatch.setattr(trajectory_module, "_train_all", counting)
     _run(interrupted)
-    assert calls == [2, 3]  # rounds 0 and 1 were not redone
+    assert calls == [2]  # rounds 0 and 1 were not redone
 
     a = pd.read_parquet(tmp_path / "reference" / "queries.parquet")
     b = pd.read_parquet(tmp_path / "interrupted" / "queries.parquet")
@@ -100,11 +100,11 @@ def test_interrupted_run_resumes_with_identical_results(ray_session, digits_conf
 
 
 def test_more_rounds_extend_a_finished_run_and_random_resumes_its_rng(ray_session, digits_config, tmp_path):
-    reference = digits_config(tmp_path / "reference", strategies=["random"], **{"al.rounds": 3})
+    reference = digits_config(tmp_path / "reference", strategies=["random"], **{"al.rounds": 2})
     _run(reference)
     short = digits_config(tmp_path / "extended", strategies=["random"], **{"al.rounds": 1})
     _run(short)
-    _run(digits_config(tmp_path / "extended", strategies=["random"], **{"al.rounds": 3}))
+    _run(digits_config(tmp_path / "extended", strategies=["random"], **{"al.rounds": 2}))
     a = pd.read_parquet(tmp_path / "reference" / "queries.parquet")
     b = pd.read_parquet(tmp_path / "extended" / "queries.parquet")
     pd.testing.assert_frame_equal(a, b)
@@ -132,6 +132,24 @@ def test_a_state_saved_before_a_config_key_existed_still_resumes(ray_session, di
     path.write_text(json.dumps(raw))
     with pytest.raises(InputError, match="data.num_classes"):
         prepare_experiment(config, **QUIET)
+
+
+def test_checkpoints_and_state_on_a_storage_uri(ray_session, digits_config, tmp_path, monkeypatch):
+    # file:// goes through the same pyarrow filesystem calls as s3:// or gs:// would.
+    store = tmp_path / "store"
+    config = digits_config(tmp_path / "o", strategies=["mqnet"], storage_path=f"file://{store}",
+                           strategy_params={"mqnet": {"ssl_epochs": 1, "meta_epochs": 2}}, **{"al.rounds": 2})
+    _run(config)
+    run = store / "runs" / "mqnet" / "seed_0"
+    state = RunState.load(run / "state.json")
+    assert state.completed_round == 2 and state.carry_file == "carry_round_002.npz" and (run / state.carry_file).is_file()
+    assert all(path.startswith("file://") for path in state.checkpoints.values())
+    assert any((store / "checkpoints").iterdir()) and not (tmp_path / "o" / "runs").exists()
+    calls = []
+    monkeypatch.setattr(trajectory_module, "_train_all", lambda *a: calls.append(a) or (0.0, 0.0))
+    _run(digits_config(tmp_path / "o", strategies=["mqnet"], storage_path=f"file://{store}",
+                       strategy_params={"mqnet": {"ssl_epochs": 1, "meta_epochs": 2}}, **{"al.rounds": 2}))
+    assert calls == []  # resumed from the URI: nothing retrained
 
 
 def test_corrupt_state_file_is_a_clear_error(ray_session, digits_config, tmp_path):

@@ -1,6 +1,6 @@
 """A head and two worker nodes on one machine (ray.cluster_utils.Cluster): scoring actors spread over
-both workers and give the single-node queries; losing a worker while the pool is scored still
-finishes the round with the same queries; a sweep's trials land on both workers."""
+both workers and give the single-node queries, and a sweep's trials land on both workers; losing
+a worker while the pool is scored still finishes the round with the same queries."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from tests_config import node_loss_config, spread_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -38,11 +37,13 @@ def _reference(config) -> pd.DataFrame:
     return pd.read_parquet(config.resolved_output_dir() / "queries.parquet")
 
 
-def test_scoring_spreads_over_both_workers_and_matches_a_single_node_run(ray_session, tmp_path):
-    result = _scenario("spread", tmp_path / "cluster")
-    assert result["scorer_nodes"] == result["worker_nodes"]  # one actor on each worker node
+def test_scoring_actors_and_sweep_trials_spread_over_both_workers(ray_session, tmp_path):
+    result = _scenario("spread_and_sweep", tmp_path / "cluster")
+    assert result["scorer_nodes"] == result["worker_nodes"]  # one scoring actor on each worker node
     reference = _reference(_single_node(spread_config(tmp_path / "single")))
-    pd.testing.assert_frame_equal(reference, pd.read_parquet(tmp_path / "cluster" / "queries.parquet"))
+    pd.testing.assert_frame_equal(reference, pd.read_parquet(tmp_path / "cluster" / "spread" / "queries.parquet"))
+    assert result["trial_status"] == ["ok", "ok"]
+    assert result["trial_nodes"] == result["worker_nodes"]  # the two concurrent trials, one per worker
 
 
 def test_losing_a_worker_while_scoring_still_finishes_the_round_with_the_same_queries(ray_session, tmp_path):
@@ -52,11 +53,6 @@ def test_losing_a_worker_while_scoring_still_finishes_the_round_with_the_same_qu
     reference = _reference(_single_node(node_loss_config(tmp_path / "single")))
     pd.testing.assert_frame_equal(reference, pd.read_parquet(tmp_path / "cluster" / "queries.parquet"))
 
-
-def test_sweep_trials_land_on_both_worker_nodes(tmp_path):
-    result = _scenario("sweep", tmp_path / "cluster")
-    assert result["status"] == ["ok", "ok"]
-    assert result["trial_nodes"] == result["worker_nodes"]
 
 
 def _single_node(config):

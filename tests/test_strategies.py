@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import synthetic_column
+
 from osal_ray.errors import InputError
 from osal_ray.strategies import STRATEGIES, LabeledScores, PoolScores, QueryContext, get_strategy, query, top_k
 

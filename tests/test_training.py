@@ -13,7 +13,15 @@ import torch
 from osal_ray.config import DataConfig, TrainConfig
 from osal_ray.data import build_split, load_dataset, materialize_pool
 from osal_ray.errors import InputError
-from osal_ray.training import NetworkSpec, TrainJob, fit_network, inverse_frequency_weights, load_network, save_network, temperature_cross_entropy
+from osal_ray.training import (
+    NetworkSpec,
+    TrainJob,
+    fit_network,
+    inverse_frequency_weights,
+    load_network,
+    save_network,
+    temperature_cross_entropy,
+)
 
 SPEC = NetworkSpec("mlp", 3, 1, 8, {"hidden": 16})
 

@@ -17,12 +17,12 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from osal_ray import storage
 from osal_ray.config import ExperimentConfig
 from osal_ray.data.pool import PoolManifest, initial_ids
 from osal_ray.experiment import metrics
 from osal_ray.experiment.networks import NetworkPlan, network_seed, plan_networks
 from osal_ray.experiment.oracle import Oracle
-from osal_ray import storage
 from osal_ray.experiment.state import STATE_FILE, QueryRecord, RoundRecord, RunState, run_settings
 from osal_ray.scoring import context_for, score_pool
 from osal_ray.scoring.context import ScoringState, build_context

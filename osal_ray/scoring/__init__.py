@@ -1,5 +1,6 @@
 """Scoring the pool: the column registry and the Ray Data actor-pool pass."""
 
+from osal_ray.scoring import clip  # noqa: F401  (register the CLIP columns and context)
 from osal_ray.scoring.columns import (
     COLUMNS,
     ColumnInputs,
@@ -9,7 +10,6 @@ from osal_ray.scoring.columns import (
     register_column,
     stored_columns_for,
 )
-from osal_ray.scoring import clip  # noqa: F401  (register the CLIP columns and context)
 from osal_ray.scoring.pool_pass import PoolScorer, score_pool
 
 __all__ = [

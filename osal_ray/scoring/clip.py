@@ -110,7 +110,7 @@ def _embed_files(paths: list[str], out: Path, manifest: PoolManifest, clip: Clip
     import ray.data
 
     use_gpu = scoring.gpus_per_actor > 0
-    from osal_ray.scoring.pool_pass import rows_per_block
+    from osal_ray.scoring.pool_pass import actor_pool, rows_per_block
 
     blocks = rows_per_block(rows_per_file * max(1, len(paths)), manifest.image_bytes + 16, scoring)
     dataset = ray.data.read_parquet(paths, num_cpus=scoring.cpus_per_read).repartition(target_num_rows_per_block=blocks).map_batches(
@@ -121,9 +121,7 @@ def _embed_files(paths: list[str], out: Path, manifest: PoolManifest, clip: Clip
             "use_gpu": use_gpu,
             "threads": max(1, math.ceil(scoring.cpus_per_actor)),
         },
-        compute=ray.data.ActorPoolStrategy(size=scoring.num_actors)
-        if scoring.max_actors is None
-        else ray.data.ActorPoolStrategy(min_size=scoring.num_actors, max_size=scoring.max_actors),
+        compute=actor_pool(scoring),
         batch_size=clip.batch_size,
         batch_format="pyarrow",
         num_cpus=scoring.cpus_per_actor,

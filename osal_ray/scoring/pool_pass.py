@@ -64,6 +64,15 @@ class PoolScorer:
         return result
 
 
+def actor_pool(scoring: ScoringConfig):
+    """The actor pool of a scoring pass: a fixed size, or autoscaling between num_ and max_actors."""
+    import ray.data
+
+    if scoring.max_actors is None:
+        return ray.data.ActorPoolStrategy(size=scoring.num_actors)
+    return ray.data.ActorPoolStrategy(min_size=scoring.num_actors, max_size=scoring.max_actors)
+
+
 def rows_per_block(num_rows: int, row_bytes: int, scoring: ScoringConfig, max_block_bytes: int = 64 << 20) -> int:
     """Block size for the pass: at least 4 blocks per actor, so every actor gets work (a Parquet
     read may hand over a whole small pool as one block), and blocks of at most ~64 MB."""
@@ -98,11 +107,6 @@ def score_pool(
         ids = pads.dataset(pool_paths(manifest), format="parquet").to_table(columns=["id"]).column("id").to_numpy()
         return PoolScores(np.sort(ids), {})
 
-    compute = (
-        ray.data.ActorPoolStrategy(size=scoring.num_actors)
-        if scoring.max_actors is None
-        else ray.data.ActorPoolStrategy(min_size=scoring.num_actors, max_size=scoring.max_actors)
-    )
     use_gpu = scoring.gpus_per_actor > 0
     inputs = network_inputs or {}
     stored = stored_columns_for(columns) | {inputs.get(network, "image") for network in networks_for(columns)}
@@ -121,7 +125,7 @@ def score_pool(
             "use_gpu": use_gpu,
             "threads": max(1, math.ceil(scoring.cpus_per_actor)),
         },
-        compute=compute,
+        compute=actor_pool(scoring),
         batch_size=scoring.batch_size,
         batch_format="pyarrow",
         num_cpus=scoring.cpus_per_actor,

@@ -19,7 +19,7 @@ class FitResult:
     metrics: dict[str, Any]
 
 
-def fit_network(job: TrainJob, train: TrainConfig, storage_path: str, name: str, staging: Path | None = None) -> FitResult:
+def fit_network(job: TrainJob, train: TrainConfig, storage_path: str | Path, name: str, staging: Path | None = None) -> FitResult:
     """Train ``job`` with Ray Train (in-process when ``train.num_workers`` is 0).
 
     Runs are named ``name`` under ``storage_path`` (a directory or a URI such as s3://...);
@@ -66,9 +66,7 @@ def fit_network(job: TrainJob, train: TrainConfig, storage_path: str, name: str,
 def _local_result(job: TrainJob, storage_path: str, target: str, metrics: dict[str, Any]) -> FitResult:
     """The in-process checkpoint, uploaded when the storage is a URI."""
     if storage.is_uri(storage_path):
-        import pyarrow.fs as pafs
-
-        pafs.copy_files(str(Path(job.local_checkpoint_dir).resolve()), target)
+        storage.upload_directory(job.local_checkpoint_dir, target)
     return FitResult(checkpoint_path=target, metrics=metrics)
 
 
