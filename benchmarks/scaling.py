@@ -33,6 +33,7 @@ from osal_ray.config import DataConfig, RayConfig, ScoringConfig
 from osal_ray.data import build_split, load_dataset, materialize_pool
 from osal_ray.data.pool import decode_images, pool_paths, to_model_input
 from osal_ray.scoring import score_pool
+from osal_ray.scoring.pool_pass import use_v2_reader
 from osal_ray.strategies import query
 from osal_ray.training import NetworkSpec, save_network
 
@@ -95,6 +96,7 @@ def main() -> None:
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work-dir", default="outputs/bench_scaling")
+    parser.add_argument("--reader", choices=["auto", "v1", "v2"], default="auto", help="scoring.parquet_reader")
     args = parser.parse_args()
 
     root = Path(args.work_dir).resolve()
@@ -104,6 +106,7 @@ def main() -> None:
     print(f"machine: {machine}; medians of {args.repeats} runs")
     header = f"{'pool':>9} {'method':>8} {'seconds':>8} {'samples/s':>10} {'vs plain':>8} {'select s':>8} {'columns MB':>10} {'RSS +MB':>8}"
     print(header + "\n" + "-" * len(header))
+    results = RESULTS / ("scaling" if args.reader == "auto" else f"scaling_{args.reader}")
     rows = []
     for size in args.sizes:
         manifest = make_pool(size, root)
@@ -111,7 +114,7 @@ def main() -> None:
         rows.append({"pool": size, "method": "plain", "seconds": plain, "throughput": size / plain, "ratio": 1.0})
         print(f"{size:>9} {'plain':>8} {plain:>8.2f} {size / plain:>10.0f} {1.0:>8.2f}", flush=True)
         for actors in args.actors:
-            scoring = ScoringConfig(num_actors=actors, cpus_per_actor=0.5, batch_size=4096)
+            scoring = ScoringConfig(num_actors=actors, cpus_per_actor=0.5, batch_size=4096, parquet_reader=args.reader)
             times, selects, growth = [], [], []
             for _ in range(args.repeats):
                 before = current_rss_mb()
@@ -125,8 +128,9 @@ def main() -> None:
                 column_mb = (scores.ids.nbytes + sum(v.nbytes for v in scores.columns.values())) / 2**20
                 del scores
             seconds = statistics.median(times)
+            reader = "v2" if use_v2_reader(scoring, size) else "v1"
             row = {
-                "pool": size, "method": f"ray x{actors}", "seconds": seconds, "throughput": size / seconds,
+                "pool": size, "method": f"ray x{actors} {reader}", "seconds": seconds, "throughput": size / seconds,
                 "ratio": plain / seconds, "select_seconds": statistics.median(selects), "columns_mb": column_mb,
                 "rss_growth_mb": statistics.median(growth),
             }
@@ -135,8 +139,9 @@ def main() -> None:
                   f"{row['select_seconds']:>8.2f} {column_mb:>10.1f} {row['rss_growth_mb']:>8.1f}", flush=True)
 
     RESULTS.mkdir(exist_ok=True)
-    command = "python benchmarks/scaling.py --sizes " + " ".join(map(str, args.sizes)) + " --actors " + " ".join(map(str, args.actors)) + f" --repeats {args.repeats}"
-    (RESULTS / "scaling.json").write_text(json.dumps({"machine": machine, "command": command, "rows": rows}, indent=2))
+    command = ("python benchmarks/scaling.py --sizes " + " ".join(map(str, args.sizes)) + " --actors "
+               + " ".join(map(str, args.actors)) + f" --repeats {args.repeats} --reader {args.reader}")
+    results.with_suffix(".json").write_text(json.dumps({"machine": machine, "command": command, "rows": rows}, indent=2))
     lines = [
         "# Scoring-pass scaling: Ray Data actor pool vs a plain PyTorch loop", "",
         f"Machine: {machine}. Medians of {args.repeats} runs. Command: `{command}`.", "",
@@ -149,8 +154,8 @@ def main() -> None:
             f"| {r['pool']:,} | {r['method']} | {r['seconds']:.2f} | {r['throughput']:,.0f} | {r['ratio']:.2f} | "
             + (f"{r['select_seconds']:.2f} | {r['columns_mb']:.1f} | {r['rss_growth_mb']:.1f} |" if "select_seconds" in r else "- | - | - |")
         )
-    (RESULTS / "scaling.md").write_text("\n".join(lines) + "\n")
-    _plot(rows, RESULTS / "scaling.png")
+    results.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    _plot(rows, results.with_suffix(".png"))
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -163,7 +168,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     for method in dict.fromkeys(r["method"] for r in rows):
         part = [r for r in rows if r["method"] == method]
         axes[0].plot([r["pool"] for r in part], [r["throughput"] for r in part], marker="o", label=method)
-        if method != "plain":
+        if not method.startswith("plain"):
             axes[1].plot([r["pool"] for r in part], [r["select_seconds"] for r in part], marker="o", label=method)
             axes[2].plot([r["pool"] for r in part], [r["rss_growth_mb"] for r in part], marker="o", label=f"{method} RSS growth")
             axes[2].plot([r["pool"] for r in part], [r["columns_mb"] for r in part], linestyle="--", label=f"{method} columns")

@@ -110,6 +110,7 @@ class ScoringConfig:
     gpus_per_actor: float = 0.0
     resources_per_actor: dict[str, float] = field(default_factory=dict)
     batch_size: int = 512
+    parquet_reader: str = "auto"
 
 
 @dataclass

@@ -91,6 +91,7 @@ def validate_config(config: ExperimentConfig) -> None:
     _require(s.cpus_per_read > 0, "scoring.cpus_per_read", "must be positive (a fraction keeps reads from starving actors)")
     _require(s.batch_size >= 1, "scoring.batch_size", "must be at least 1")
     _require(all(v > 0 for v in s.resources_per_actor.values()), "scoring.resources_per_actor", "amounts must be positive")
+    _require(s.parquet_reader in ("auto", "v1", "v2"), "scoring.parquet_reader", f"{s.parquet_reader!r} is not one of auto, v1, v2")
 
     if config.ray.num_cpus is not None:
         _require(config.ray.num_cpus >= 1, "ray.num_cpus", "must be at least 1")

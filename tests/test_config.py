@@ -92,6 +92,7 @@ def test_malformed_yaml_and_set(tmp_path):
         (["data.protocol=closed"], "data.protocol"),
         (["train.epochs=0"], "train.epochs"),
         (["scoring.cpus_per_actor=0"], "scoring.cpus_per_actor"),
+        (["scoring.parquet_reader=v3"], "scoring.parquet_reader"),
         (["strategy_params.entropy.alpha=2"], "strategy_params.entropy.alpha"),
         (["seeds=[1, 1]"], "seeds"),
     ],

@@ -37,3 +37,15 @@ def test_pool_round_trip_and_reuse(tmp_path):
     rewritten = materialize_pool(source, other, tmp_path / "seed_0", num_files=3)
     assert rewritten.fingerprint != manifest.fingerprint
     np.testing.assert_array_equal(initial_ids(rewritten), other.initial_ids)
+
+
+def test_parquet_reader_choice_by_pool_size():
+    from osal_ray.config import ScoringConfig
+    from osal_ray.scoring.pool_pass import V2_READER_FROM_ROWS, use_v2_reader
+
+    auto = ScoringConfig()
+    assert auto.parquet_reader == "auto"
+    assert not use_v2_reader(auto, V2_READER_FROM_ROWS - 1)
+    assert use_v2_reader(auto, V2_READER_FROM_ROWS)
+    assert use_v2_reader(ScoringConfig(parquet_reader="v2"), 10)
+    assert not use_v2_reader(ScoringConfig(parquet_reader="v1"), 10_000_000)

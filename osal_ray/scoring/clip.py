@@ -107,25 +107,20 @@ def ensure_clip_embeddings(manifest: PoolManifest, clip: ClipConfig, scoring: Sc
 
 def _embed_files(paths: list[str], out: Path, manifest: PoolManifest, clip: ClipConfig, scoring: ScoringConfig,
                  rows_per_file: int) -> list[str]:
-    import ray.data
+    from osal_ray.scoring.pool_pass import actor_map_options, actor_threads, read_pool, rows_per_block
 
-    use_gpu = scoring.gpus_per_actor > 0
-    from osal_ray.scoring.pool_pass import actor_pool, rows_per_block
-
-    blocks = rows_per_block(rows_per_file * max(1, len(paths)), manifest.image_bytes + 16, scoring)
-    dataset = ray.data.read_parquet(paths, num_cpus=scoring.cpus_per_read).repartition(target_num_rows_per_block=blocks).map_batches(
+    rows = rows_per_file * max(1, len(paths))
+    blocks = rows_per_block(rows, manifest.image_bytes + 16, scoring)
+    dataset = read_pool(paths, rows, scoring).repartition(target_num_rows_per_block=blocks).map_batches(
         ClipImageEmbedder,
         fn_constructor_kwargs={
             "clip": dataclasses.asdict(clip),
             "manifest": manifest.to_dict(),
-            "use_gpu": use_gpu,
-            "threads": max(1, math.ceil(scoring.cpus_per_actor)),
+            "use_gpu": scoring.gpus_per_actor > 0,
+            "threads": actor_threads(scoring),
         },
-        compute=actor_pool(scoring),
         batch_size=clip.batch_size,
-        batch_format="pyarrow",
-        num_cpus=scoring.cpus_per_actor,
-        num_gpus=scoring.gpus_per_actor if use_gpu else None,
+        **actor_map_options(scoring),
     )
     dataset.write_parquet(str(out), mode="overwrite", min_rows_per_file=rows_per_file)
     return sorted(str(p) for p in out.glob("*.parquet"))

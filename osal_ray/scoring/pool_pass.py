@@ -73,6 +73,45 @@ def actor_pool(scoring: ScoringConfig):
     return ray.data.ActorPoolStrategy(min_size=scoring.num_actors, max_size=scoring.max_actors)
 
 
+def actor_map_options(scoring: ScoringConfig) -> dict:
+    """The ``map_batches`` arguments every actor pass shares: pool, CPUs, GPUs and custom resources."""
+    use_gpu = scoring.gpus_per_actor > 0
+    return {
+        "compute": actor_pool(scoring),
+        "batch_format": "pyarrow",
+        "num_cpus": scoring.cpus_per_actor,
+        "num_gpus": scoring.gpus_per_actor if use_gpu else None,
+        "resources": dict(scoring.resources_per_actor) or None,
+    }
+
+
+def actor_threads(scoring: ScoringConfig) -> int:
+    """Torch threads inside one actor: as many as the CPUs it reserves (at least one)."""
+    return max(1, math.ceil(scoring.cpus_per_actor))
+
+
+# Measured with benchmarks/scaling.py --reader v1|v2 on 2 cores (benchmarks/results/scaling_v*.md):
+# Ray 2.60's V2 Parquet reader has a fixed cost per pass (it lists the files with a thread pool in
+# a task: the default job's 20 passes take 86 s with it, 61 s with V1) and is slower up to 300k
+# rows, but reads large pools in parallel and wins from 1M rows on. "auto" switches in between.
+V2_READER_FROM_ROWS = 500_000
+
+
+def use_v2_reader(scoring: ScoringConfig, num_rows: int) -> bool:
+    """Which Ray Data Parquet reader a pass over ``num_rows`` rows uses."""
+    if scoring.parquet_reader != "auto":
+        return scoring.parquet_reader == "v2"
+    return num_rows >= V2_READER_FROM_ROWS
+
+
+def read_pool(paths: list[str], num_rows: int, scoring: ScoringConfig):
+    """``ray.data.read_parquet`` with the reader ``scoring.parquet_reader`` picks for this size."""
+    import ray.data
+
+    ray.data.DataContext.get_current().use_datasource_v2 = use_v2_reader(scoring, num_rows)
+    return ray.data.read_parquet(paths, num_cpus=scoring.cpus_per_read)
+
+
 def rows_per_block(num_rows: int, row_bytes: int, scoring: ScoringConfig, max_block_bytes: int = 64 << 20) -> int:
     """Block size for the pass: at least 4 blocks per actor, so every actor gets work (a Parquet
     read may hand over a whole small pool as one block), and blocks of at most ~64 MB."""
@@ -100,19 +139,16 @@ def score_pool(
     ``network_inputs`` names the stored column each network reads (default: the image);
     ``context`` holds the round's small arrays for columns that declare them.
     """
-    import ray.data
-
     if not columns:
         # A strategy that needs no score (random) needs only the ids: no model pass at all.
         ids = pads.dataset(pool_paths(manifest), format="parquet").to_table(columns=["id"]).column("id").to_numpy()
         return PoolScores(np.sort(ids), {})
 
-    use_gpu = scoring.gpus_per_actor > 0
     inputs = network_inputs or {}
     stored = stored_columns_for(columns) | {inputs.get(network, "image") for network in networks_for(columns)}
     row_bytes = 8 + sum(manifest.image_bytes if c == "image" else 4 * manifest.vector_columns[c] for c in stored)
     dataset = (
-        ray.data.read_parquet(pool_paths(manifest), num_cpus=scoring.cpus_per_read)
+        read_pool(pool_paths(manifest), manifest.num_pool, scoring)
         .select_columns(["id", *sorted(stored)])
         .repartition(target_num_rows_per_block=rows_per_block(manifest.num_pool, row_bytes, scoring))
     ).map_batches(
@@ -122,15 +158,11 @@ def score_pool(
             "checkpoints": dict(checkpoints),
             "columns": list(columns),
             "context": {k: np.asarray(v) for k, v in (context or {}).items()},
-            "use_gpu": use_gpu,
-            "threads": max(1, math.ceil(scoring.cpus_per_actor)),
+            "use_gpu": scoring.gpus_per_actor > 0,
+            "threads": actor_threads(scoring),
         },
-        compute=actor_pool(scoring),
         batch_size=scoring.batch_size,
-        batch_format="pyarrow",
-        num_cpus=scoring.cpus_per_actor,
-        num_gpus=scoring.gpus_per_actor if use_gpu else None,
-        resources=dict(scoring.resources_per_actor) or None,
+        **actor_map_options(scoring),
     )
     parts: dict[str, list[np.ndarray]] = {"id": [], **{name: [] for name in columns}}
     started = last = time.perf_counter()
