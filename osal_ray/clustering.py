@@ -19,14 +19,8 @@ def finch_clusters(features: np.ndarray, requested: int) -> np.ndarray:
         return np.empty(0, dtype=np.int64)
     if n <= max(requested, 2):
         return np.arange(n, dtype=np.int64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # finch-clust warns that the optional pynndescent is absent
-        from finch import FINCH
-
-        partitions, counts, requested_labels = FINCH(np.asarray(features, dtype=np.float32), req_clust=requested, verbose=False)
-    labels = requested_labels if requested_labels is not None else partitions[:, -1]
-    _, labels = np.unique(np.asarray(labels).ravel(), return_inverse=True)
-    return labels.astype(np.int64)
+    _, _, labels = _finch(features, requested)
+    return _relabel(labels)
 
 
 def finch_partition_at_most(features: np.ndarray, limit: int) -> np.ndarray:
@@ -34,14 +28,22 @@ def finch_partition_at_most(features: np.ndarray, limit: int) -> np.ndarray:
     n = len(features)
     if n <= 2:
         return np.zeros(n, dtype=np.int64)
+    partitions, counts, _ = _finch(features)
+    level = next((i for i, count in enumerate(counts) if count <= limit), len(counts) - 1)
+    return _relabel(partitions[:, level])
+
+
+def _finch(features: np.ndarray, requested: int | None = None):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # finch-clust warns that the optional pynndescent is absent
         from finch import FINCH
 
-        partitions, counts, _ = FINCH(np.asarray(features, dtype=np.float32), verbose=False)
-    level = next((i for i, count in enumerate(counts) if count <= limit), len(counts) - 1)
-    _, labels = np.unique(partitions[:, level], return_inverse=True)
-    return labels.astype(np.int64)
+        return FINCH(np.asarray(features, dtype=np.float32), req_clust=requested, verbose=False)
+
+
+def _relabel(labels: np.ndarray) -> np.ndarray:
+    _, dense = np.unique(np.asarray(labels).ravel(), return_inverse=True)
+    return dense.astype(np.int64)
 
 
 def cluster_centres(features: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -194,6 +194,27 @@ def test_mqnet_first_round_sums_then_trains_on_the_queried_set():
     assert not np.isin(rest.ids[second.indices], queried.ids).any()
 
 
+@pytest.mark.parametrize("strategy", ["ll", "mqnet"])
+@pytest.mark.parametrize("key, value", [("margin", 0.0), ("weight", -1.0), ("detach_fraction", 5.0)])
+def test_learning_loss_parameters_are_checked_wherever_they_are_used(strategy, key, value):
+    from osal_ray.errors import InputError
+
+    params = {"informativeness": "ll"} if strategy == "mqnet" else {}
+    with pytest.raises(InputError) as info:
+        get_strategy(strategy).resolve_params({**params, key: value})
+    assert info.value.field == f"strategy_params.{strategy}.{key}"
+
+
+def test_round_robin_with_many_clusters_takes_the_best_of_each_in_cluster_order():
+    rng = np.random.default_rng(0)
+    clusters = rng.integers(0, 500, size=5000)
+    scores = rng.normal(size=5000)
+    picked = round_robin(scores, clusters, 300)
+    present = np.unique(clusters)[:300]
+    assert clusters[picked].tolist() == present.tolist()
+    assert all(scores[p] == scores[clusters == c].min() for p, c in zip(picked, present))
+
+
 def test_nt_xent_rewards_matching_views():
     torch.manual_seed(0)
     z = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)

@@ -124,6 +124,17 @@ def test_coreset_is_k_center_greedy():
     np.testing.assert_allclose(selection.scores[:2], [10.0, 5.0])
 
 
+def test_coreset_chunking_does_not_change_the_answer():
+    rng = np.random.default_rng(3)
+    pool = PoolScores(np.arange(300), {"embedding": rng.normal(size=(300, 4)).astype(np.float32)})
+    labeled = LabeledScores(PoolScores(np.arange(1000, 1040), {"embedding": rng.normal(size=(40, 4)).astype(np.float32)}),
+                            np.zeros(40, dtype=np.int64))
+    whole = query("coreset", pool, 12, num_known=2, labeled=labeled, params={"chunk_size": 4096})
+    blocks = query("coreset", pool, 12, num_known=2, labeled=labeled, params={"chunk_size": 7})  # 7 rows x 7 centres
+    assert blocks.indices.tolist() == whole.indices.tolist()
+    np.testing.assert_allclose(blocks.scores, whole.scores, rtol=1e-5)
+
+
 def test_coreset_with_coinciding_points_never_repeats():
     pool = PoolScores(np.arange(5), {"embedding": np.ones((5, 2), dtype=np.float32)})
     labeled = LabeledScores(PoolScores(np.array([9]), {"embedding": np.ones((1, 2), dtype=np.float32)}), np.array([0]))

@@ -60,9 +60,9 @@ class ClipImageEmbedder:
 
     def __init__(self, clip: dict, manifest: dict, use_gpu: bool, threads: int) -> None:
         from osal_ray.clip import clip_image_settings
+        from osal_ray.scoring.pool_pass import actor_device
 
-        torch.set_num_threads(max(1, threads))
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.device = actor_device(use_gpu, threads)
         self.model = load_clipn(ClipConfig(**clip), str(self.device))
         self.manifest = PoolManifest.from_dict(manifest)
         self.settings = clip_image_settings(self.model)
@@ -107,7 +107,7 @@ def ensure_clip_embeddings(manifest: PoolManifest, clip: ClipConfig, scoring: Sc
 
 def _embed_files(paths: list[str], out: Path, manifest: PoolManifest, clip: ClipConfig, scoring: ScoringConfig,
                  rows_per_file: int) -> list[str]:
-    from osal_ray.scoring.pool_pass import actor_map_options, actor_threads, read_pool, rows_per_block
+    from osal_ray.scoring.pool_pass import actor_constructor_kwargs, actor_map_options, read_pool, rows_per_block
 
     rows = rows_per_file * max(1, len(paths))
     blocks = rows_per_block(rows, manifest.image_bytes + 16, scoring)
@@ -116,8 +116,7 @@ def _embed_files(paths: list[str], out: Path, manifest: PoolManifest, clip: Clip
         fn_constructor_kwargs={
             "clip": dataclasses.asdict(clip),
             "manifest": manifest.to_dict(),
-            "use_gpu": scoring.gpus_per_actor > 0,
-            "threads": actor_threads(scoring),
+            **actor_constructor_kwargs(scoring),
         },
         batch_size=clip.batch_size,
         **actor_map_options(scoring),
@@ -165,10 +164,11 @@ def _class_means(state: ScoringState) -> np.ndarray:
     """Per known class, the normalised mean CLIP embedding of its labeled samples (VLPure Eq. 5)."""
     from osal_ray.clip import class_mean_embeddings
 
-    table = read_table(pool_paths(state.manifest), [EMBEDDING], np.asarray(state.labeled_ids, dtype=np.int64))
-    ids = table.column("id").to_numpy()
     wanted = np.asarray(state.labeled_ids, dtype=np.int64)
-    labels = np.asarray(state.labeled_labels, dtype=np.int64)[np.argsort(wanted)][np.searchsorted(np.sort(wanted), ids)]
+    table = read_table(pool_paths(state.manifest), [EMBEDDING], wanted)
+    if not np.array_equal(table.column("id").to_numpy(), np.sort(wanted)):
+        raise RuntimeError("labeled ids missing from the CLIP embedding pool")
+    labels = np.asarray(state.labeled_labels, dtype=np.int64)[np.argsort(wanted, kind="stable")]  # rows come sorted by id
     embeddings = decode_vectors(table.column(EMBEDDING), state.manifest.vector_columns[EMBEDDING])
     return class_mean_embeddings(embeddings, labels, state.manifest.num_known).astype(np.float32)
 

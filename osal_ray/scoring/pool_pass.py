@@ -14,10 +14,9 @@ from typing import Callable, Mapping
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from osal_ray.config import ScoringConfig
-from osal_ray.data.pool import PoolManifest, decode_vectors, model_input, pool_paths
+from osal_ray.data.pool import PoolManifest, model_input, pool_paths, read_table
 from osal_ray.scoring.columns import COLUMNS, ColumnInputs, as_tensors, networks_for, stored_columns_for
 from osal_ray.strategies.base import PoolScores
 
@@ -27,12 +26,9 @@ class PoolScorer:
 
     def __init__(self, manifest: dict, checkpoints: dict[str, str], columns: list[str], context: dict[str, np.ndarray],
                  use_gpu: bool, threads: int) -> None:
-        import torch
-
         from osal_ray.training.checkpoints import load_network_anywhere
 
-        torch.set_num_threads(max(1, threads))
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.device = actor_device(use_gpu, threads)
         self.manifest = PoolManifest.from_dict(manifest)
         self.columns = [COLUMNS.get(name) for name in columns]
         self.context = as_tensors(context, self.device)
@@ -53,8 +49,7 @@ class PoolScorer:
                     for name, (model, column) in self.networks.items()
                 },
                 stored={
-                    name: torch.from_numpy(decode_vectors(batch.column(name), self.manifest.vector_columns[name]).copy()).to(self.device)
-                    for name in self.stored
+                    name: model_input(batch, self.manifest, name).to(self.device) for name in self.stored
                 },
                 context=self.context,
             )
@@ -73,6 +68,19 @@ def actor_pool(scoring: ScoringConfig):
     return ray.data.ActorPoolStrategy(min_size=scoring.num_actors, max_size=scoring.max_actors)
 
 
+def actor_device(use_gpu: bool, threads: int) -> "torch.device":  # noqa: F821
+    """Inside an actor: limit torch's threads to the CPUs it reserves; the GPU when asked and present."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+
+def actor_constructor_kwargs(scoring: ScoringConfig) -> dict:
+    """The constructor arguments every actor class of a pass takes: ``use_gpu`` and ``threads``."""
+    return {"use_gpu": scoring.gpus_per_actor > 0, "threads": max(1, math.ceil(scoring.cpus_per_actor))}
+
+
 def actor_map_options(scoring: ScoringConfig) -> dict:
     """The ``map_batches`` arguments every actor pass shares: pool, CPUs, GPUs and custom resources."""
     use_gpu = scoring.gpus_per_actor > 0
@@ -83,11 +91,6 @@ def actor_map_options(scoring: ScoringConfig) -> dict:
         "num_gpus": scoring.gpus_per_actor if use_gpu else None,
         "resources": dict(scoring.resources_per_actor) or None,
     }
-
-
-def actor_threads(scoring: ScoringConfig) -> int:
-    """Torch threads inside one actor: as many as the CPUs it reserves (at least one)."""
-    return max(1, math.ceil(scoring.cpus_per_actor))
 
 
 # Measured with benchmarks/scaling.py --reader v1|v2 on 2 cores (benchmarks/results/scaling_v*.md):
@@ -141,8 +144,7 @@ def score_pool(
     """
     if not columns:
         # A strategy that needs no score (random) needs only the ids: no model pass at all.
-        ids = pads.dataset(pool_paths(manifest), format="parquet").to_table(columns=["id"]).column("id").to_numpy()
-        return PoolScores(np.sort(ids), {})
+        return PoolScores(read_table(pool_paths(manifest), []).column("id").to_numpy(), {})
 
     inputs = network_inputs or {}
     stored = stored_columns_for(columns) | {inputs.get(network, "image") for network in networks_for(columns)}
@@ -158,8 +160,7 @@ def score_pool(
             "checkpoints": dict(checkpoints),
             "columns": list(columns),
             "context": {k: np.asarray(v) for k, v in (context or {}).items()},
-            "use_gpu": scoring.gpus_per_actor > 0,
-            "threads": actor_threads(scoring),
+            **actor_constructor_kwargs(scoring),
         },
         batch_size=scoring.batch_size,
         **actor_map_options(scoring),

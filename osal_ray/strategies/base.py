@@ -133,7 +133,10 @@ class Strategy:
 
     def required_columns(self, params: Mapping[str, Any] | None = None) -> tuple[str, ...]:
         """The score columns this strategy needs with these parameters."""
-        return tuple(self.columns(self.resolve_params(params))) if callable(self.columns) else tuple(self.columns)
+        return self._columns_for(self.resolve_params(params))
+
+    def _columns_for(self, resolved: Mapping[str, Any]) -> tuple[str, ...]:
+        return tuple(self.columns(resolved)) if callable(self.columns) else tuple(self.columns)
 
     def network_options(self, params: Mapping[str, Any] | None = None) -> dict[str, NetworkOptions]:
         """Per network, how this strategy wants it trained with these parameters."""
@@ -153,14 +156,14 @@ class Strategy:
 
     def select(self, pool: PoolScores, budget: int, context: QueryContext) -> Selection:
         """Run the strategy and check its answer (unique, in range, at most ``budget``)."""
-        missing = [c for c in self.required_columns(context.params) if c not in pool.columns]
+        context = dataclasses.replace(context, params=self.resolve_params(context.params))
+        missing = [c for c in self._columns_for(context.params) if c not in pool.columns]
         if missing:
             raise KeyError(f"strategy {self.name!r} needs score columns {missing}")
         if self.needs_labeled and context.labeled is None:
             raise ValueError(f"strategy {self.name!r} needs the labeled samples' scores")
         if budget < 0:
             raise ValueError("budget must be non-negative")
-        context = dataclasses.replace(context, params=self.resolve_params(context.params))
         if budget == 0 or len(pool) == 0:
             return Selection(np.empty(0, dtype=np.int64), np.empty(0), carry=context.carry)
         selection = self.fn(pool, budget, context)
@@ -228,13 +231,14 @@ def query(
 def top_k(scores: np.ndarray, k: int, candidates: np.ndarray | None = None) -> np.ndarray:
     """Positions of the ``k`` largest scores (optionally among ``candidates``), best first.
 
-    Ties are broken by position, so the answer is deterministic for a deterministic input.
+    Ties are broken by position, so the answer is deterministic for a deterministic input;
+    NaN ranks last; ``k <= 0`` gives none.
     """
     positions = np.arange(len(scores)) if candidates is None else np.asarray(candidates, dtype=np.int64)
     values = np.asarray(scores, dtype=np.float64)[positions]
     values = np.where(np.isnan(values), -np.inf, values)  # NaN never outranks a real score
     k = min(k, len(positions))
-    if k == 0:
+    if k <= 0:
         return np.empty(0, dtype=np.int64)
     # lexsort: last key is primary -> descending score, then ascending position.
     if k < len(positions) // 4:

@@ -17,13 +17,12 @@ def coreset(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     features = np.asarray(pool["embedding"], dtype=np.float32)
     centres = np.asarray(context.labeled.scores["embedding"], dtype=np.float32) if context.labeled else features[:0]
     chunk = int(context.params["chunk_size"])
-    nearest = np.full(len(features), np.inf, dtype=np.float64)
-    for start in range(0, len(centres), chunk):
-        nearest = np.minimum(nearest, _min_sq_distance(features, centres[start : start + chunk]))
+    norms = (features**2).sum(1)
+    nearest = _min_sq_distance(features, norms, centres, chunk)
     if not np.isfinite(nearest).any():
         # No annotated sample: start from the point nearest the mean, as a deterministic seed.
         first = int(np.argmin(((features - features.mean(0)) ** 2).sum(1)))
-        nearest = _min_sq_distance(features, features[first : first + 1])
+        nearest = _min_sq_distance(features, norms, features[first : first + 1], chunk)
         nearest[first] = -np.inf
         picks, scores = [first], [0.0]
     else:
@@ -32,13 +31,22 @@ def coreset(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
         index = int(np.argmax(nearest))
         picks.append(index)
         scores.append(float(np.sqrt(max(nearest[index], 0.0))))
-        nearest = np.minimum(nearest, _min_sq_distance(features, features[index : index + 1]))
+        nearest = np.minimum(nearest, _min_sq_distance(features, norms, features[index : index + 1], chunk))
         nearest[index] = -np.inf  # never again, even when many points coincide
     return Selection(np.asarray(picks, dtype=np.int64), np.asarray(scores))
 
 
-def _min_sq_distance(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distance from every point to its nearest centre."""
-    cross = points @ centres.T
-    sq = (points**2).sum(1)[:, None] - 2.0 * cross + (centres**2).sum(1)[None, :]
-    return np.maximum(sq.min(axis=1), 0.0).astype(np.float64)
+def _min_sq_distance(points: np.ndarray, norms: np.ndarray, centres: np.ndarray, chunk: int) -> np.ndarray:
+    """Squared Euclidean distance from every point to its nearest centre (inf without centres).
+
+    ``norms`` are the points' squared norms; blocks of ``chunk`` points x ``chunk`` centres
+    bound the temporary memory whatever the pool size.
+    """
+    nearest = np.full(len(points), np.inf, dtype=np.float64)
+    for c in range(0, len(centres), chunk):
+        block = centres[c : c + chunk]
+        block_norms = (block**2).sum(1)
+        for p in range(0, len(points), chunk):
+            sq = norms[p : p + chunk, None] - 2.0 * (points[p : p + chunk] @ block.T) + block_norms[None, :]
+            nearest[p : p + chunk] = np.minimum(nearest[p : p + chunk], sq.min(axis=1))
+    return np.maximum(nearest, 0.0)

@@ -23,7 +23,7 @@ import numpy as np
 
 from osal_ray.clustering import cluster_centres, finch_clusters, finch_partition_at_most
 from osal_ray.errors import InputError
-from osal_ray.strategies.base import NetworkOptions, PoolScores, QueryContext, Selection, register_strategy
+from osal_ray.strategies.base import NetworkOptions, PoolScores, QueryContext, Selection, register_strategy, top_k
 
 EOAL_DEFAULTS = {"pareto_alpha": 0.8, "cluster_weight": 0.1, "clusters_per_class": 1, "diversity": True}
 
@@ -63,7 +63,9 @@ def distance_entropy(embeddings: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 def round_robin(scores: np.ndarray, clusters: np.ndarray, budget: int) -> np.ndarray:
     """Positions picked cluster by cluster, lowest score first within each, until ``budget`` or exhaustion."""
-    queues = [np.flatnonzero(clusters == c)[np.argsort(scores[clusters == c], kind="stable")] for c in np.unique(clusters)]
+    order = np.lexsort((np.arange(len(scores)), scores, clusters))  # by cluster, then score, then position
+    starts = np.flatnonzero(np.r_[True, np.diff(clusters[order]) != 0]) if len(order) else np.empty(0, dtype=np.int64)
+    queues = np.split(order, starts[1:])
     heads = [0] * len(queues)
     picked: list[int] = []
     while len(picked) < budget:
@@ -96,18 +98,16 @@ def eoal(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
         if len(unknown):
             centres = cluster_centres(unknown, finch_clusters(unknown, context.params["clusters_per_class"] * k))
             score -= distance_entropy(embeddings, centres)
-    candidates = np.flatnonzero(np.asarray(pool["det_pred"]) < k)
+    predicted_known = np.asarray(pool["det_pred"]) < k
+    candidates = np.flatnonzero(predicted_known)
     if context.params["diversity"] and len(candidates) > budget:
         clusters = finch_partition_at_most(embeddings[candidates], budget)
         chosen = candidates[round_robin(score[candidates], clusters, budget)]
         n_clusters = int(clusters.max()) + 1
     else:
-        chosen = candidates[np.argsort(score[candidates], kind="stable")[:budget]]
+        chosen = top_k(-score, budget, candidates)
         n_clusters = 0
-    rejected = np.setdiff1d(np.arange(len(pool)), candidates)
-    extra = rejected[np.argsort(score[rejected], kind="stable")[: budget - len(chosen)]] if len(chosen) < budget else rejected[:0]
-    predicted_known = np.zeros(len(pool), dtype=bool)
-    predicted_known[candidates] = True
+    extra = top_k(-score, budget - len(chosen), np.flatnonzero(~predicted_known))
     indices = np.concatenate([chosen, extra])
     return Selection(
         indices,

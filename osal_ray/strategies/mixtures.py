@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-MIXTURE_KINDS = ("gmm", "bgmm")
 # The LfOSA reference: GaussianMixture(n_components=2, max_iter=10, tol=1e-2, reg_covar=5e-4).
 LFOSA_GMM_OPTIONS = {"max_iter": 10, "tol": 1e-2, "reg_covar": 5e-4}
 # sklearn's BayesianGaussianMixture defaults (the JSOSAL paper gives none): a Dirichlet-process

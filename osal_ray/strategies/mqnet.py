@@ -26,7 +26,7 @@ import numpy as np
 
 from osal_ray.errors import InputError
 from osal_ray.strategies.base import NetworkOptions, PoolScores, QueryContext, Selection, register_strategy, top_k
-from osal_ray.strategies.learning_loss import LL_DEFAULTS, loss_prediction_network
+from osal_ray.strategies.learning_loss import LL_DEFAULTS, check_ll, loss_prediction_network
 
 MQNET_DEFAULTS = {
     "informativeness": "conf",
@@ -75,6 +75,7 @@ def _check(params: Mapping[str, Any]) -> None:
         fail("ssl_batch_size", "must be at least 2 (contrastive pairs)")
     if params["ssl_temperature"] <= 0 or params["meta_lr"] <= 0:
         fail("ssl_temperature" if params["ssl_temperature"] <= 0 else "meta_lr", "must be positive")
+    check_ll("mqnet")(params)
 
 
 def standardize(values: np.ndarray) -> np.ndarray:

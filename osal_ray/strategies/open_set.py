@@ -82,8 +82,7 @@ def _probabilities(pool: PoolScores, context: QueryContext, kind: str) -> tuple[
 
 def _finish(pool: PoolScores, budget: int, chosen: np.ndarray, scores: np.ndarray, candidates: np.ndarray,
             probability: np.ndarray, values: dict[str, float], marks: dict[str, np.ndarray]) -> Selection:
-    rejected = np.flatnonzero(~candidates)
-    extra = top_k(pool["det_known_margin"], budget - len(chosen), rejected) if len(chosen) < budget else rejected[:0]
+    extra = top_k(pool["det_known_margin"], budget - len(chosen), np.flatnonzero(~candidates))
     values["n_filled"] = float(len(extra))
     return Selection(
         np.concatenate([chosen, extra]),
@@ -99,7 +98,11 @@ def _finish(pool: PoolScores, budget: int, chosen: np.ndarray, scores: np.ndarra
 )
 def lfosa(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     """LfOSA: per-class GaussianMixture on MAVs; the b candidates most likely known."""
-    probability, candidates, values = _probabilities(pool, context, "gmm")
+    return _most_likely_known(pool, budget, context, "gmm")
+
+
+def _most_likely_known(pool: PoolScores, budget: int, context: QueryContext, kind: str) -> Selection:
+    probability, candidates, values = _probabilities(pool, context, kind)
     chosen = top_k(probability, budget, np.flatnonzero(candidates))
     return _finish(pool, budget, chosen, probability[chosen], candidates, probability, values, {})
 
@@ -130,6 +133,4 @@ def jsosal(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
 )
 def jsosal_no_entropy(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     """JSOSAL without the entropy step (the paper's Figure 4 ablation): top-b by Bayesian-mixture probability."""
-    probability, candidates, values = _probabilities(pool, context, "bgmm")
-    chosen = top_k(probability, budget, np.flatnonzero(candidates))
-    return _finish(pool, budget, chosen, probability[chosen], candidates, probability, values, {})
+    return _most_likely_known(pool, budget, context, "bgmm")

@@ -38,8 +38,3 @@ def margin_sampling(pool: PoolScores, budget: int, context: QueryContext) -> Sel
     chosen = top_k(score, budget)
     return Selection(chosen, score[chosen])
 
-
-def entropy(probs: np.ndarray) -> np.ndarray:
-    """Shannon entropy (nats) of each row of a probability matrix."""
-    p = np.clip(probs, 1e-12, 1.0)
-    return -(p * np.log(p)).sum(axis=1)

@@ -27,7 +27,15 @@ import numpy as np
 
 from osal_ray.clip.scores import tune_scale, vlpure_decision
 from osal_ray.errors import InputError
-from osal_ray.strategies.base import NetworkOptions, PoolScores, QueryContext, Selection, get_strategy, register_strategy
+from osal_ray.strategies.base import (
+    NetworkOptions,
+    PoolScores,
+    QueryContext,
+    Selection,
+    get_strategy,
+    register_strategy,
+    top_k,
+)
 
 BASE_STRATEGIES = ("uncertainty", "entropy", "margin", "random", "coreset", "ll")
 VLPURE_DEFAULTS = {
@@ -92,9 +100,8 @@ def vlpure(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
         inner = base.select(pool.subset(candidates), budget, dataclasses.replace(context, params=params["base_params"]))
         indices, scores = candidates[inner.indices], inner.scores
     else:
-        rest = np.flatnonzero(~predicted_id)
-        extra = rest[np.argsort(-margin[rest], kind="stable")[: budget - len(candidates)]]
-        indices = np.concatenate([candidates[np.argsort(-margin[candidates], kind="stable")], extra])
+        extra = top_k(margin, budget - len(candidates), np.flatnonzero(~predicted_id))
+        indices = np.concatenate([top_k(margin, len(candidates), candidates), extra])
         scores = margin[indices]
     return Selection(
         indices,
