@@ -84,7 +84,7 @@ def main() -> None:
     lines = [
         "# Fashion-MNIST, class-mismatch protocol", "",
         f"Command: `{command}` (config `jobs/fashion_mnist.yaml`). Machine: {platform.node()} {platform.machine()}, "
-        f"run time {minutes:.0f} min.", "",
+        f"this invocation took {minutes:.0f} min (runs that an earlier invocation finished are resumed, not re-run).", "",
         f"Pool: {config.data.train_fraction:.0%} stratified subset of the 60,000 training images; "
         f"{config.data.initial_fraction:.0%} of the known-class pool labeled at the start; "
         f"{config.al.budget} labels per round for {config.al.rounds} rounds; {config.model.classifier} "

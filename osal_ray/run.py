@@ -35,13 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.output_dir:
             config.output_dir = args.output_dir
         if is_sweep(config):
-            from osal_ray.data import load_dataset
-            from osal_ray.sweep import validate_sweep
-            from osal_ray.validation import validate_config
+            from osal_ray.sweep import check_sweep
 
-            validate_config(config)
-            validate_sweep(config)
-            load_dataset(config.data)  # a missing data root fails here, not in every trial
+            check_sweep(config)
         else:
             from osal_ray.experiment.runner import prepare_experiment
 

@@ -97,11 +97,63 @@ def validate_sweep(config: ExperimentConfig) -> None:
             except InputError as exc:
                 raise InputError(f"sweep.space.{key}", f"value {value!r}: {exc}") from None
     if sweep.metric_strategy is not None:
-        strategies = set(config.strategies)
         if "strategy" in sweep.space:
-            strategies |= set(_representatives("strategy", sweep.space["strategy"]))
-        if sweep.metric_strategy not in strategies:
-            raise InputError("sweep.metric_strategy", f"{sweep.metric_strategy!r} is not among the strategies {sorted(strategies)}")
+            raise InputError("sweep.metric_strategy", "with strategy swept, each trial runs one strategy and is scored "
+                                                      "on it; leave metric_strategy unset")
+        if sweep.metric_strategy not in config.strategies:
+            raise InputError("sweep.metric_strategy", f"{sweep.metric_strategy!r} is not among the strategies {config.strategies}")
+
+
+def check_sweep(config: ExperimentConfig) -> None:
+    """Everything a sweep can be refused for, before Ray: the config, the search space, and for the
+    base config and every swept value the data, splits, budget and CLIP weights its trials need."""
+    from osal_ray.data import load_dataset
+    from osal_ray.experiment.runner import check_clip_weights, check_splits
+    from osal_ray.validation import validate_config
+
+    validate_config(config)
+    validate_sweep(config)
+    check_sweep_resume(config)
+    base = config.to_dict()
+    variants: list[tuple[str, Any, ExperimentConfig]] = [("", None, config)]
+    for key, spec in config.sweep.space.items():
+        variants += [(key, value, config_from_dict(apply_values({**base, "sweep": {}}, {key: value})))
+                     for value in _representatives(key, spec)]
+    sources: dict[str, Any] = {}
+    for key, value, variant in variants:
+        try:
+            data_key = json.dumps(variant.to_dict()["data"], sort_keys=True)
+            if data_key not in sources:
+                sources[data_key] = load_dataset(variant.data)
+            check_splits(variant, sources[data_key])
+            check_clip_weights(variant)
+        except InputError as exc:
+            if not key:
+                raise
+            raise InputError(f"sweep.space.{key}", f"value {value!r}: {exc}") from None
+
+
+def _sweep_definition(config: ExperimentConfig) -> dict[str, Any]:
+    sweep = config.to_dict()["sweep"]
+    return {k: sweep[k] for k in ("space", "searcher", "num_samples", "metric", "metric_strategy", "seed")}
+
+
+def _definition_location(config: ExperimentConfig) -> str:
+    return storage.join(config.resolved_storage(), "tune", "sweep_definition.json")
+
+
+def check_sweep_resume(config: ExperimentConfig) -> None:
+    """A sweep resumes only with the search it started with (Tune keeps the old space on restore)."""
+    from osal_ray.experiment.state import describe_difference
+
+    location = _definition_location(config)
+    if not storage.exists(location):
+        return
+    saved = json.loads(storage.read_bytes(location))
+    differences = describe_difference(saved, json.loads(json.dumps(_sweep_definition(config))), "sweep.")
+    if differences:
+        raise InputError("--output-dir", f"{location} belongs to a sweep with another search: {'; '.join(differences[:5])}. "
+                                         "Use another --output-dir, or delete it to start over")
 
 
 def _tune_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -118,12 +170,17 @@ def _tune_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:
-    """Trials run in their own working directories: make the paths in the config absolute."""
+    """Trials run in their own working directories (Tune's): make the config's local paths absolute.
+
+    ``clip.pretrained`` is a path only when such a file exists; otherwise it is an open_clip tag.
+    """
     raw = copy.deepcopy(raw)
-    for section, key in (("data", "root"), ("clip", "checkpoint"), ("clip", "pretrained")):
-        value = raw[section][key]
-        if value and not storage.is_uri(value) and Path(value).exists():
-            raw[section][key] = str(Path(value).resolve())
+    for section, key in (("data", "root"), ("clip", "checkpoint"), ("clip", "pretrained"), (None, "storage_path"), (None, "output_dir")):
+        holder = raw if section is None else raw[section]
+        value = holder[key]
+        if not value or storage.is_uri(value) or (key == "pretrained" and not Path(value).exists()):
+            continue
+        holder[key] = str(Path(value).resolve())
     return raw
 
 
@@ -161,9 +218,10 @@ def run_sweep(config: ExperimentConfig, log: Callable[[str], None] = print) -> p
     from ray import tune
 
     sweep = config.sweep
+    check_sweep_resume(config)
     output_dir = config.resolved_output_dir().resolve()
     base = _absolute_paths({**config.to_dict(), "output_dir": str(output_dir)})
-    storage_root = config.storage_path
+    storage_root = base["storage_path"]
     trainable = tune.with_resources(
         functools.partial(
             _trial_entry, base=base, trials_root=str(output_dir / "trials"), storage_root=storage_root,
@@ -177,6 +235,7 @@ def run_sweep(config: ExperimentConfig, log: Callable[[str], None] = print) -> p
         log(f"resuming the sweep in {experiment}")
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
     else:
+        storage.write_bytes(_definition_location(config), json.dumps(_sweep_definition(config), sort_keys=True).encode())
         search_alg = None
         if sweep.searcher == "optuna":
             from ray.tune.search.optuna import OptunaSearch

@@ -39,6 +39,22 @@ def test_pool_round_trip_and_reuse(tmp_path):
     np.testing.assert_array_equal(initial_ids(rewritten), other.initial_ids)
 
 
+def test_same_split_with_other_names_or_pixels_is_rewritten(tmp_path):
+    import dataclasses
+
+    config = DataConfig()
+    source = load_dataset(config)
+    split = build_split(config, source.train.labels, source.test.labels, source.class_names, seed=0)
+    manifest = materialize_pool(source, split, tmp_path / "p", num_files=1)
+    renamed = dataclasses.replace(source, class_names=tuple(f"c{i}" for i in range(10)))
+    assert materialize_pool(renamed, split, tmp_path / "p", num_files=1).known_class_names() == ("c3", "c8")
+    brighter = dataclasses.replace(source, train=dataclasses.replace(source.train, images=source.train.images // 2))
+    rewritten = materialize_pool(brighter, split, tmp_path / "p", num_files=1)
+    assert rewritten.fingerprint != manifest.fingerprint
+    _, images, _ = read_rows(pool_paths(rewritten), rewritten, split.pool_ids[:3])
+    np.testing.assert_array_equal(images, source.train.images[np.sort(split.pool_ids[:3])] // 2)
+
+
 def test_parquet_reader_choice_by_pool_size():
     from osal_ray.config import ScoringConfig
     from osal_ray.scoring.pool_pass import V2_READER_FROM_ROWS, use_v2_reader

@@ -34,12 +34,53 @@ def _config(tmp_path, *overrides):
         ("sweep.searcher=bayes", "sweep.searcher"),
         ("sweep.metric=loss", "sweep.metric"),
         ("sweep.metric_strategy=lfosa", "sweep.metric_strategy"),
+        (("sweep.space={strategy: {grid: [jsosal, lfosa]}}", "sweep.metric_strategy=jsosal"), "sweep.metric_strategy"),
     ],
 )
 def test_bad_sweeps_name_the_field(tmp_path, override, field):
     with pytest.raises(InputError) as info:
-        validate_sweep(_config(tmp_path, override))
+        validate_sweep(_config(tmp_path, *(override if isinstance(override, tuple) else (override,))))
     assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    "overrides, field, needle",
+    [
+        (["data.known_classes=[three, nope]"], "data.known_classes", "nope"),
+        (["sweep.space={al.budget: {grid: [10, 5000]}}"], "sweep.space.al.budget", "5000"),
+        (["sweep.space={data.known_classes: {grid: [[three, eight], [three, nope]]}}"], "sweep.space.data.known_classes", "nope"),
+    ],
+)
+def test_data_and_budget_of_every_swept_value_are_checked_before_ray(tmp_path, overrides, field, needle):
+    from osal_ray.sweep import check_sweep
+
+    with pytest.raises(InputError) as info:
+        check_sweep(_config(tmp_path, *overrides))
+    assert info.value.field == field and needle in info.value.message
+
+
+def test_a_sweep_resumes_only_with_the_search_it_started_with(tmp_path):
+    from osal_ray import storage
+    from osal_ray.sweep import _definition_location, _sweep_definition, check_sweep_resume
+
+    started = _config(tmp_path)
+    storage.write_bytes(_definition_location(started), json.dumps(_sweep_definition(started)).encode())
+    check_sweep_resume(_config(tmp_path, "al.rounds=2"))  # the base config may change; unfinished trials pick it up
+    with pytest.raises(InputError, match="sweep.space.detector.temperature"):
+        check_sweep_resume(_config(tmp_path, "sweep.space={detector.temperature: {grid: [0.5, 1.0]}}"))
+    with pytest.raises(InputError, match="sweep.num_samples"):
+        check_sweep_resume(_config(tmp_path, "sweep.num_samples=3"))
+
+
+def test_trials_get_absolute_paths(tmp_path, monkeypatch):
+    from osal_ray.sweep import _absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    raw = _config(tmp_path, "storage_path=store", "data.root=data", "clip.pretrained=openai").to_dict()
+    fixed = _absolute_paths(raw)
+    assert fixed["storage_path"] == str(tmp_path / "store") and fixed["data"]["root"] == str(tmp_path / "data")
+    assert fixed["clip"]["pretrained"] == "openai"  # a tag, not a file
+    assert _absolute_paths({**raw, "storage_path": "s3://bucket/x"})["storage_path"] == "s3://bucket/x"
 
 
 def test_optuna_refuses_grid_entries(tmp_path):

@@ -86,9 +86,18 @@ def split_fingerprint(dataset: str, split: OpenSetSplit, extra: str = "") -> str
     return digest.hexdigest()[:16]
 
 
+def source_digest(source: SourceDataset) -> str:
+    """A digest of what a pool is made of: class names, pixel scale and every image's bytes
+    (so the same layout with other images or other names is not mistaken for the old pool)."""
+    digest = hashlib.sha256(repr((source.class_names, source.pixel_max, source.train.images.shape)).encode())
+    for images in (source.train.images, source.test.images):
+        digest.update(memoryview(np.ascontiguousarray(images)).cast("B"))
+    return digest.hexdigest()[:16]
+
+
 def materialize_pool(source: SourceDataset, split: OpenSetSplit, directory: Path, num_files: int) -> PoolManifest:
     """Write the pool and the known-class test set as Parquet, unless an identical one exists."""
-    fingerprint = split_fingerprint(source.name, split, repr(source.train.images.shape))
+    fingerprint = split_fingerprint(source.name, split, source_digest(source))
     existing = read_manifest(directory) if (directory / MANIFEST).is_file() else None
     if existing is not None and existing.fingerprint == fingerprint:
         return existing
@@ -192,7 +201,7 @@ def read_rows(paths: list[str], manifest: PoolManifest, ids: np.ndarray | None =
 
 def read_labels(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(ids, true labels) of every row: what the simulated oracle reads, and nothing else does."""
-    table = pads.dataset(paths, format="parquet").to_table(columns=["id", "label"]).sort_by("id")
+    table = read_table(paths, ["label"])
     return table.column("id").to_numpy(), table.column("label").to_numpy()
 
 

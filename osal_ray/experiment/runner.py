@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from osal_ray import storage
 from osal_ray.config import ExperimentConfig, dump_config
-from osal_ray.data import build_split, load_dataset, materialize_pool
+from osal_ray.data import OpenSetSplit, SourceDataset, build_split, load_dataset, materialize_pool
 from osal_ray.data.pool import PoolManifest
 from osal_ray.errors import InputError
 from osal_ray.experiment.oracle import Oracle
@@ -51,6 +51,33 @@ def run_location(storage_root: str, strategy: str, seed: int) -> str:
     return storage.join(storage_root, "runs", strategy, f"seed_{seed}")
 
 
+def check_splits(config: ExperimentConfig, source: SourceDataset) -> list[OpenSetSplit]:
+    """Every seed's split of ``source``, each checked to hold the whole budget. Writes nothing."""
+    splits = []
+    for seed in config.seeds:
+        split = build_split(config.data, source.train.labels, source.test.labels, source.class_names, seed)
+        available = len(split.pool_ids) - len(split.initial_ids)
+        needed = config.al.budget * config.al.rounds
+        if needed > available:
+            raise InputError(
+                "al.budget",
+                f"{config.al.rounds} rounds x {config.al.budget} = {needed} queries, but the pool has only "
+                f"{available} unlabeled samples (seed {seed}); lower al.budget or al.rounds",
+            )
+        splits.append(split)
+    return splits
+
+
+def check_clip_weights(config: ExperimentConfig) -> None:
+    """Where some strategy or network reads CLIP embeddings, the CLIPN weights must be reachable."""
+    if "clip_embedding" in stored_columns_needed(config):
+        from osal_ray.clip import check_clipn_weights
+
+        clip = config.clip
+        check_clipn_weights(clip.model_name, checkpoint=clip.checkpoint, pretrained=clip.pretrained,
+                            model_config=clip.model_config, allow_download=clip.allow_download)
+
+
 def prepare_experiment(config: ExperimentConfig, log: Callable[[str], None] = print) -> PreparedExperiment:
     """Validate, check resumability, build splits and write the Parquet pools. No Ray."""
     validate_config(config)
@@ -63,17 +90,10 @@ def prepare_experiment(config: ExperimentConfig, log: Callable[[str], None] = pr
         for strategy in config.strategies
     }
     source = load_dataset(config.data)
+    splits = check_splits(config, source)
+    check_clip_weights(config)
     prepared = []
-    for seed in config.seeds:
-        split = build_split(config.data, source.train.labels, source.test.labels, source.class_names, seed)
-        available = len(split.pool_ids) - len(split.initial_ids)
-        needed = config.al.budget * config.al.rounds
-        if needed > available:
-            raise InputError(
-                "al.budget",
-                f"{config.al.rounds} rounds x {config.al.budget} = {needed} queries, but the pool has only "
-                f"{available} unlabeled samples (seed {seed}); lower al.budget or al.rounds",
-            )
+    for seed, split in zip(config.seeds, splits):
         manifest = materialize_pool(source, split, output_dir / "data" / f"seed_{seed}", config.data.pool_files)
         prepared.append(PreparedSeed(seed, manifest, Oracle.from_pool(manifest)))
         known = ", ".join(manifest.known_class_names())
@@ -82,22 +102,17 @@ def prepare_experiment(config: ExperimentConfig, log: Callable[[str], None] = pr
             f"pool {manifest.num_pool} ({prepared[-1].oracle.num_known} known), initial {manifest.num_initial}, "
             f"test {manifest.num_test}"
         )
-    if "clip_embedding" in stored_columns_needed(config):
-        from osal_ray.clip import check_clipn_weights
-
-        clip = config.clip
-        check_clipn_weights(clip.model_name, checkpoint=clip.checkpoint, pretrained=clip.pretrained,
-                            model_config=clip.model_config, allow_download=clip.allow_download)
     atomic_write_text(output_dir / "config.yaml", dump_config(config))
     return PreparedExperiment(config, output_dir, prepared, states)
 
 
-def stored_columns_needed(config: ExperimentConfig) -> set[str]:
-    """Stored pool columns beyond the image that some strategy's scores or some network's input read."""
+def stored_columns_needed(config: ExperimentConfig, strategies: list[str] | None = None) -> set[str]:
+    """Stored pool columns beyond the image that the networks' inputs or the strategies' scores read
+    (``strategies``: those of the config by default)."""
     needed = {model_input(config.model.classifier)}
     if config.model.detector:
         needed.add(model_input(config.model.detector))
-    for name in config.strategies:
+    for name in config.strategies if strategies is None else strategies:
         needed |= stored_columns_for(get_strategy(name).required_columns(config.strategy_params.get(name, {})))
     return needed - {"image"}
 

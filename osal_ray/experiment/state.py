@@ -111,23 +111,47 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
+# Where the data is and how it is laid out on disk, not what it is: a run may move with its data.
+DATA_LOCATION_KEYS = ("root", "download", "verify_checksums", "pool_files")
+# What decides the CLIP model's scores (not its batch size or whether it may be downloaded).
+CLIP_IDENTITY_KEYS = ("model_name", "checkpoint", "pretrained", "model_config", "domain", "templates")
+
+
 def run_settings(config: ExperimentConfig, strategy: str, seed: int) -> dict[str, Any]:
     """The configuration values that decide a run's results.
 
-    Resources (workers, actors, GPUs, Ray address), the output location and the number of
-    rounds are left out: a run may resume on other hardware, or be extended with more rounds.
+    Resources (workers, actors, GPUs, Ray address), the output location, where the data lives
+    and the number of rounds are left out: a run may resume on other hardware, with its data
+    moved, or be extended with more rounds. Strategy parameters are compared resolved, so
+    spelling out a default is no difference; the CLIP model counts where the run uses it.
     """
+    from osal_ray.experiment.runner import stored_columns_needed
+    from osal_ray.strategies import get_strategy
+
     full = config.to_dict()
     train = {k: v for k, v in full["train"].items() if k not in ("num_workers", "use_gpu", "cpus_per_worker", "checkpoint_every")}
-    return {
+    settings = {
         "strategy": strategy,
         "seed": seed,
-        "params": full["strategy_params"].get(strategy, {}),
-        "data": full["data"],
+        "params": get_strategy(strategy).resolve_params(config.strategy_params.get(strategy, {})),
+        "data": {k: v for k, v in full["data"].items() if k not in DATA_LOCATION_KEYS},
         "budget": full["al"]["budget"],
         "model": full["model"],
         "train": train,
         "detector": full["detector"],
+    }
+    if "clip_embedding" in stored_columns_needed(config, [strategy]):
+        settings["clip"] = {k: full["clip"][k] for k in CLIP_IDENTITY_KEYS}
+    return settings
+
+
+def _only_keys_of(saved: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` restricted to the keys ``wanted`` has (an older osal_ray compared more keys)."""
+    return {
+        key: _only_keys_of(saved[key], value) if isinstance(value, dict) and isinstance(saved[key], dict) and key != "params"
+        else saved[key]
+        for key, value in wanted.items()
+        if key in saved
     }
 
 
@@ -164,7 +188,7 @@ def open_run_state(location: str, config: ExperimentConfig, strategy: str, seed:
     wanted = json.loads(json.dumps(run_settings(config, strategy, seed), default=_json_default))
     # A key the saved run did not know yet (an older osal_ray) counts as its default value.
     defaults = json.loads(json.dumps(run_settings(ExperimentConfig(), strategy, seed), default=_json_default))
-    differences = describe_difference(_fill_missing(state.settings, defaults), wanted)
+    differences = describe_difference(_only_keys_of(_fill_missing(state.settings, defaults), wanted), wanted)
     if differences:
         raise InputError(
             "--output-dir",

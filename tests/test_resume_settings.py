@@ -1,0 +1,48 @@
+"""What a resumed run must match (no Ray): results-deciding settings, not locations or spelled-out defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from osal_ray.config import load_config
+from osal_ray.errors import InputError
+from osal_ray.experiment.state import RunState, open_run_state, run_settings
+
+
+def _saved(tmp_path, overrides, strategy="jsosal"):
+    config = load_config(None, overrides)
+    location = str(tmp_path / "state.json")
+    RunState(strategy, 0, run_settings(config, strategy, 0)).save(location)
+    return location
+
+
+def test_moved_data_and_a_spelled_out_default_still_resume(tmp_path):
+    location = _saved(tmp_path, ["data.root=/old/place", "data.pool_files=2"])
+    moved = load_config(None, ["data.root=/new/place", "data.pool_files=8", "strategy_params.jsosal.a_multiple=2.0"])
+    assert open_run_state(location, moved, "jsosal", 0) is not None
+
+
+def test_a_strategy_parameter_that_differs_from_the_saved_default_is_refused(tmp_path):
+    location = _saved(tmp_path, [])
+    with pytest.raises(InputError, match="params.a_multiple"):
+        open_run_state(location, load_config(None, ["strategy_params.jsosal.a_multiple=3.0"]), "jsosal", 0)
+
+
+def test_the_clip_model_counts_only_where_the_run_uses_it(tmp_path):
+    vlpure = _saved(tmp_path / "v", ["clip.checkpoint=/w/a.pt", "strategies=[vlpure]"], "vlpure")
+    with pytest.raises(InputError, match="clip.checkpoint"):
+        open_run_state(vlpure, load_config(None, ["clip.checkpoint=/w/b.pt", "strategies=[vlpure]"]), "vlpure", 0)
+    assert open_run_state(vlpure, load_config(None, ["clip.checkpoint=/w/a.pt", "clip.batch_size=8",
+                                                     "strategies=[vlpure]"]), "vlpure", 0) is not None
+    entropy = _saved(tmp_path / "e", ["clip.checkpoint=/w/a.pt"], "entropy")
+    assert open_run_state(entropy, load_config(None, ["clip.checkpoint=/w/b.pt"]), "entropy", 0) is not None
+
+
+def test_a_state_that_still_holds_location_keys_resumes(tmp_path):
+    import json
+
+    location = _saved(tmp_path, [])
+    raw = json.loads(open(location).read())
+    raw["settings"]["data"]["root"] = "/where/it/was"  # an older osal_ray compared the data location too
+    open(location, "w").write(json.dumps(raw))
+    assert open_run_state(location, load_config(None, []), "jsosal", 0) is not None
