@@ -25,9 +25,10 @@ import pandas as pd
 from osal_ray import storage
 from osal_ray.config import ExperimentConfig, config_from_dict, dump_config, set_dotted
 from osal_ray.errors import InputError
+from osal_ray.experiment.outputs import SUMMARY_METRICS
 
 SEARCHERS = ("grid", "random", "optuna")
-METRICS = ("aubc", "last_accuracy", "final_recall", "mean_precision")
+METRICS = SUMMARY_METRICS
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SHORTHANDS = {"seed": "seeds", "strategy": "strategies"}
 

@@ -144,6 +144,29 @@ def test_eoal_objective_with_and_without_unknowns():
     assert objective.centres is not None and len(objective.centres) == 2
 
 
+@pytest.mark.parametrize(
+    "head, objective, params, labels",
+    [
+        (None, "cross_entropy", {}, [0, 1, 2] * 8),
+        ("loss_prediction", "learning_loss", {"weight": 1.0, "margin": 1.0, "detach_fraction": 0.6}, [0, 1, 2] * 8),
+        ("ova", "eoal", {"temperature": 0.5, "pareto_alpha": 0.8, "cluster_weight": 0.1, "clusters_per_class": 1}, [0, 1, 2] * 8),
+        ("projection", "simclr", {"temperature": 0.5}, [0] * 24),
+    ],
+)
+def test_every_trainable_parameter_gets_a_gradient(head, objective, params, labels):
+    # DistributedDataParallel (num_workers >= 2) fails on a trainable parameter that the loss never reaches.
+    torch.manual_seed(0)
+    y = torch.tensor(labels)
+    num_outputs = 1 if objective == "simclr" else 3
+    model = NetworkSpec("cnn", num_outputs, 1, 8, {"width": 4, "embedding": 8}, head=head).build()
+    x = torch.randn(len(y), 1, 8, 8)
+    loss_fn = OBJECTIVES.get(objective)(params, num_outputs, y.numpy(), torch.device("cpu"), torch.Generator())
+    loss_fn.start_epoch(model, x, y, 0, 1)
+    loss_fn.loss(model, x, y, torch.arange(len(y))).backward()
+    unreached = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unreached
+
+
 # ----------------------------------------------------------------------------- MQNet
 def test_standardize_and_max_similarity():
     np.testing.assert_allclose(standardize(np.array([1.0, 3.0])), np.exp([-1.0, 1.0]))

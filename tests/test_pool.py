@@ -65,3 +65,21 @@ def test_parquet_reader_choice_by_pool_size():
     assert use_v2_reader(auto, V2_READER_FROM_ROWS)
     assert use_v2_reader(ScoringConfig(parquet_reader="v2"), 10)
     assert not use_v2_reader(ScoringConfig(parquet_reader="v1"), 10_000_000)
+
+
+def test_read_labeled_aligns_labels_and_counts_every_missing_id(tmp_path):
+    import pytest
+
+    from osal_ray.data.pool import read_labeled
+
+    config = DataConfig()
+    source = load_dataset(config)
+    split = build_split(config, source.train.labels, source.test.labels, source.class_names, seed=0)
+    manifest = materialize_pool(source, split, tmp_path / "p", num_files=2)
+    ids = split.pool_ids[[40, 3, 17]]
+    table, labels = read_labeled(pool_paths(manifest), "image", ids, np.array([7, 8, 9]))
+    np.testing.assert_array_equal(table.column("id").to_numpy(), np.sort(ids))
+    np.testing.assert_array_equal(labels, np.array([7, 8, 9])[np.argsort(ids)])
+    absent = np.arange(10**6, 10**6 + 12)
+    with pytest.raises(ValueError, match="^12 labeled ids are not in the pool"):
+        read_labeled(pool_paths(manifest), "image", np.concatenate([ids, absent]), np.zeros(15))

@@ -22,6 +22,7 @@ from osal_ray.training import (
     save_network,
     temperature_cross_entropy,
 )
+from osal_ray.training.checkpoints import load_network_anywhere
 
 SPEC = NetworkSpec("mlp", 3, 1, 8, {"hidden": 16})
 
@@ -106,12 +107,12 @@ def _job(manifest, ids, labels, **train) -> TrainJob:
 @pytest.mark.ray
 def test_fit_in_process_learns_and_checkpoints(ray_session, digits_pool, tmp_path):
     manifest, ids, labels = digits_pool
-    result = fit_network(_job(manifest, ids, labels), TrainConfig(num_workers=0), tmp_path, "local-run")
+    result = fit_network(_job(manifest, ids, labels, num_workers=0), tmp_path, "local-run")
     assert result.metrics["accuracy"] > 0.85
     assert result.metrics["train_samples"] == len(ids)
     model, spec = load_network(result.checkpoint_path)
     assert spec.num_outputs == 2
-    again = fit_network(_job(manifest, ids, labels), TrainConfig(num_workers=0), tmp_path, "local-run-2")
+    again = fit_network(_job(manifest, ids, labels, num_workers=0), tmp_path, "local-run-2")
     assert again.metrics["accuracy"] == result.metrics["accuracy"]  # seeded: same model
 
 
@@ -119,11 +120,15 @@ def test_fit_in_process_learns_and_checkpoints(ray_session, digits_pool, tmp_pat
 @pytest.mark.slow
 def test_fit_on_a_ray_train_worker(ray_session, digits_pool, tmp_path):
     manifest, ids, labels = digits_pool
-    job = _job(manifest, ids, labels, checkpoint_every=10)
-    result = fit_network(job, TrainConfig(num_workers=1, cpus_per_worker=1), tmp_path, "worker-run")
+    job = _job(manifest, ids, labels, checkpoint_every=10, num_workers=1, cpus_per_worker=1)
+    result = fit_network(job, tmp_path, "worker-run")
     assert result.metrics["accuracy"] > 0.85
     assert Path(result.checkpoint_path).is_relative_to(tmp_path)
     load_network(result.checkpoint_path)
     # The same name again resumes from the finished checkpoint: no epoch is trained twice.
-    resumed = fit_network(job, TrainConfig(num_workers=1, cpus_per_worker=1), tmp_path, "worker-run")
+    resumed = fit_network(job, tmp_path, "worker-run")
     assert resumed.metrics["accuracy"] == result.metrics["accuracy"]
+    # On a storage URI the checkpoint path keeps its scheme (Ray's Checkpoint.path drops it).
+    on_uri = fit_network(job, f"file://{tmp_path}/uri", "worker-uri")
+    assert on_uri.checkpoint_path.startswith(f"file://{tmp_path}/uri/worker-uri/checkpoint_")
+    load_network_anywhere(on_uri.checkpoint_path)

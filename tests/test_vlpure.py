@@ -146,3 +146,32 @@ def test_vlpure_and_a_linear_probe_through_ray_on_digits(ray_session, digits_con
         "al.rounds": 3}), log=lambda _: None), log=lambda _: None)
     assert max(p.stat().st_mtime_ns for p in augmented[0].rglob("*.parquet")) == stamp  # not recomputed on resume
     assert pd.read_parquet(out / "rounds.parquet")["round"].max() == 3
+
+
+@pytest.mark.ray
+def test_every_sample_is_embedded_once_per_job_across_seeds(ray_session, tiny_clipn_checkpoint, tmp_path):
+    import pyarrow.parquet as pq
+
+    from osal_ray.config import ClipConfig, DataConfig, ScoringConfig
+    from osal_ray.data import build_split, load_dataset, materialize_pool
+    from osal_ray.data.pool import pool_paths, read_table
+    from osal_ray.scoring.clip import clip_key, ensure_clip_embeddings
+
+    clip = ClipConfig(model_name="tiny-vlpure", model_config=TINY, checkpoint=tiny_clipn_checkpoint, batch_size=128)
+    data = DataConfig(protocol="ood_ratio", ood_ratio=0.4, initial_size=20)
+    source = load_dataset(data)
+    augmented = {}
+    for seed in (0, 1):  # OOD-ratio pools of two seeds share their known samples, not all of their unknowns
+        split = build_split(data, source.train.labels, source.test.labels, source.class_names, seed)
+        manifest = materialize_pool(source, split, tmp_path / "data" / f"seed_{seed}", 2)
+        augmented[seed] = ensure_clip_embeddings(manifest, clip, ScoringConfig(), 2)
+    store = tmp_path / "data" / f"clip-{clip_key(clip)}" / "pool"
+    parts = sorted(p for p in store.iterdir())
+    stored = read_table(sorted(str(p) for p in store.rglob("*.parquet")), ["clip_embedding"])
+    ids = {seed: read_table(pool_paths(m), []).column("id").to_numpy() for seed, m in augmented.items()}
+    assert len(parts) == 2 and stored.column("id").to_numpy().tolist() == sorted(set(ids[0]) | set(ids[1]))  # once each
+    second = sum(pq.ParquetFile(p).metadata.num_rows for p in parts[1].glob("*.parquet"))
+    assert second == len(set(ids[1]) - set(ids[0]))  # the second seed embedded only what the first lacked
+    shared = np.intersect1d(ids[0], ids[1])
+    a, b = (read_table(pool_paths(augmented[s]), ["clip_embedding"], shared).column("clip_embedding") for s in (0, 1))
+    assert len(shared) > 0 and a.equals(b)

@@ -191,6 +191,21 @@ def read_table(paths: list[str], columns: list[str], ids: np.ndarray | None = No
     return dataset.to_table(columns=wanted, filter=row_filter).sort_by("id")
 
 
+def read_labeled(paths: list[str], column: str, ids: np.ndarray, labels: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+    """Rows of ``ids`` (``column`` plus id, sorted by id) and their ``labels`` in the same order.
+
+    Every id must be in the pool: a missing one is an error that counts and names them.
+    """
+    ids, labels = np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+    table = read_table(paths, [column], ids)
+    row_ids = table.column("id").to_numpy()
+    missing = np.setdiff1d(ids, row_ids)
+    if len(missing):
+        raise ValueError(f"{len(missing)} labeled ids are not in the pool, e.g. {missing[:10].tolist()}")
+    order = np.argsort(ids, kind="stable")
+    return table, labels[order][np.searchsorted(ids[order], row_ids)]
+
+
 def read_rows(paths: list[str], manifest: PoolManifest, ids: np.ndarray | None = None, with_labels: bool = False
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Read (ids, images, labels?) of the given ids (all rows when ``ids`` is None), sorted by id."""

@@ -5,15 +5,16 @@ Later tools read these files; their columns are documented in the README.
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
+from osal_ray import storage
 from osal_ray.experiment import metrics
 from osal_ray.experiment.state import RunState, atomic_write_text
 
@@ -22,6 +23,8 @@ ROUND_COLUMNS = [
     "accuracy", "precision", "recall",
 ]
 QUERY_COLUMNS = ["strategy", "seed", "round", "id", "score", "label", "known"]
+# Per strategy and seed in summary.json (and their mean and std over seeds).
+SUMMARY_METRICS = ("aubc", "last_accuracy", "final_recall", "mean_precision")
 
 
 def rounds_frame(states: Iterable[RunState]) -> pd.DataFrame:
@@ -71,8 +74,7 @@ def summary(states: Iterable[RunState]) -> dict[str, Any]:
         }
     result: dict[str, Any] = {"runs": runs, "mean": {}, "std": {}}
     for strategy, seeds in runs.items():
-        keys = ["aubc", "last_accuracy", "final_recall", "mean_precision"]
-        values = {k: np.array([seeds[s][k] for s in seeds], dtype=np.float64) for k in keys}
+        values = {k: np.array([seeds[s][k] for s in seeds], dtype=np.float64) for k in SUMMARY_METRICS}
         result["mean"][strategy] = {k: _finite(np.nanmean(v)) if np.isfinite(v).any() else None for k, v in values.items()}
         result["std"][strategy] = {k: _finite(np.nanstd(v)) if np.isfinite(v).any() else None for k, v in values.items()}
     return result
@@ -101,9 +103,9 @@ def _json_safe(value: Any) -> Any:
 
 
 def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    storage.write_bytes(path, buffer.getvalue())
 
 
 def plot_curves(frame: pd.DataFrame, path: Path, title: str = "") -> None:
@@ -129,7 +131,7 @@ def plot_curves(frame: pd.DataFrame, path: Path, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
-    os.replace(tmp, path)
+    storage.write_bytes(path, buffer.getvalue())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from osal_ray.experiment.outputs import SUMMARY_METRICS
 from osal_ray.experiment.state import RoundRecord
 
 _HEADER = f"{'strategy':<18} {'seed':>4} {'round':>5} {'known':>6} {'invalid':>7} {'budget':>6} {'accuracy':>8} {'precision':>9} {'recall':>6} {'seconds':>7}"
@@ -25,7 +26,7 @@ def round_row(strategy: str, seed: int, record: RoundRecord) -> str:
 
 def summary_table(result: dict[str, Any]) -> str:
     """Mean (and std over seeds) of AUBC, last accuracy, final recall and mean precision per strategy."""
-    keys = ["aubc", "last_accuracy", "final_recall", "mean_precision"]
+    keys = SUMMARY_METRICS
     header = f"{'strategy':<18} {'seeds':>5} " + " ".join(f"{k:>17}" for k in keys)
     lines = [header, "-" * len(header)]
     for strategy in sorted(result["mean"]):

@@ -258,7 +258,7 @@ def _train_all(ctx: RunContext, state: RunState, plans: list[NetworkPlan], round
         )
         # The digest of the training set keeps Ray Train from resuming a run of another labeled set.
         name = f"{ctx.strategy.name}-seed{ctx.seed}-round{round_index:03d}-{plan.name}-{_digest(ids, labels)}"
-        result = fit_network(job, train, ctx.checkpoint_location, name, staging=ctx.staging)
+        result = fit_network(job, ctx.checkpoint_location, name, staging=ctx.staging)
         state.checkpoints[plan.name] = result.checkpoint_path
         if plan.evaluate:
             accuracy = float(result.metrics["accuracy"])

@@ -85,6 +85,9 @@ class ProjectionNetwork(nn.Module):
     def __init__(self, backbone: FeatureNetwork, dim: int = 128, sample_shape: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.backbone = backbone
+        # The backbone's classifier layer never feeds the contrastive loss; frozen, so that
+        # DistributedDataParallel (several Ray Train workers) does not wait for its gradients.
+        backbone.head.requires_grad_(False)
         width = backbone.embedding_dim
         self.projection = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, dim))
 

@@ -1,9 +1,9 @@
 """CLIPN in the scoring pass: image embeddings once per job, similarities every round.
 
 The image tower is frozen, so each sample's CLIP image embedding is computed once per job by a
-Ray Data actor pool (GPUs when configured) and stored beside the image: the pool (and the test
-set) is rewritten once with a ``clip_embedding`` column, cached by the pool's fingerprint and
-the CLIP weights. Every round's single scoring pass then reads that column with the image, and
+Ray Data actor pool (GPUs when configured) and kept in a store by sample id that every seed
+shares; each seed's pool (and the test set) is rewritten once with a ``clip_embedding`` column
+beside the image, cached by the pool's fingerprint and the CLIP weights. Every round's single scoring pass then reads that column with the image, and
 the VLPure columns are cosine similarities to per-class text embeddings (computed once per job
 on the driver) and to the class means of the labeled known samples (recomputed each round).
 """
@@ -15,10 +15,12 @@ import hashlib
 import json
 import math
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from osal_ray.config import ClipConfig, ExperimentConfig, ScoringConfig
@@ -28,6 +30,7 @@ from osal_ray.data.pool import (
     decode_images,
     decode_vectors,
     pool_paths,
+    read_labeled,
     read_manifest,
     read_table,
     vector_column,
@@ -56,7 +59,7 @@ def load_clipn(clip: ClipConfig, device: str = "cpu"):
 
 
 class ClipImageEmbedder:
-    """Callable class for ``map_batches``: adds the CLIP image embedding to each stored row."""
+    """Callable class for ``map_batches``: stored rows -> (id, CLIP image embedding)."""
 
     def __init__(self, clip: dict, manifest: dict, use_gpu: bool, threads: int) -> None:
         from osal_ray.clip import clip_image_settings
@@ -74,11 +77,16 @@ class ClipImageEmbedder:
         images = preprocess_batch(decode_images(batch.column("image"), self.manifest), size, mean, std).to(self.device)
         with torch.inference_mode():
             embeddings = self.model.encode_image(images, normalize=True).float().cpu().numpy()
-        return batch.append_column(EMBEDDING, vector_column(embeddings))
+        return pa.table({"id": batch.column("id"), EMBEDDING: vector_column(embeddings)})
 
 
 def ensure_clip_embeddings(manifest: PoolManifest, clip: ClipConfig, scoring: ScoringConfig, pool_files: int) -> PoolManifest:
-    """The pool (and test set) with a ``clip_embedding`` column: computed once, then reused."""
+    """The pool (and test set) with a ``clip_embedding`` column beside the image.
+
+    The image tower is frozen, so each sample is embedded once per job: every seed's pool draws
+    on one store of embeddings by sample id (``<data>/clip-<key>/``), and only ids not in it yet
+    go through the Ray Data pass. The seed's augmented pool is then cached by its fingerprint.
+    """
     if EMBEDDING in manifest.vector_columns:
         return manifest
     directory = Path(manifest.directory).parent / f"{Path(manifest.directory).name}-clip-{clip_key(clip)}"
@@ -86,17 +94,23 @@ def ensure_clip_embeddings(manifest: PoolManifest, clip: ClipConfig, scoring: Sc
         cached = read_manifest(directory)
         if cached.fingerprint == manifest.fingerprint:
             return cached
+    store = Path(manifest.directory).parent / f"clip-{clip_key(clip)}"
+    test_path = str(Path(manifest.directory) / manifest.test_file)
+    rows_per_file = max(1, math.ceil(manifest.num_pool / pool_files))
+    _embed_missing(pool_paths(manifest), store / "pool", manifest, clip, scoring, rows_per_file)
+    _embed_missing([test_path], store / "test", manifest, clip, scoring, manifest.num_test)
     staging = directory.with_name(directory.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
-    pool = _embed_files(pool_paths(manifest), staging / "pool", manifest, clip, scoring, max(1, math.ceil(manifest.num_pool / pool_files)))
-    test = _embed_files([str(Path(manifest.directory) / manifest.test_file)], staging / "test", manifest, clip, scoring, manifest.num_test)
+    (staging / "pool").mkdir(parents=True)
+    pool = [_with_embeddings(path, store / "pool", staging / "pool" / Path(path).name) for path in pool_paths(manifest)]
+    test = _with_embeddings(test_path, store / "test", staging / "test.parquet")
     dim = read_table(pool[:1], [EMBEDDING]).column(EMBEDDING).type.byte_width // 4
     shutil.copyfile(Path(manifest.directory) / "initial_ids.npy", staging / "initial_ids.npy")
     augmented = dataclasses.replace(
         manifest,
         directory=str(directory.resolve()),
         pool_files=tuple(str(Path(p).relative_to(staging)) for p in pool),
-        test_file=str(Path(test[0]).relative_to(staging)),
+        test_file=str(Path(test).relative_to(staging)),
         vector_columns={**manifest.vector_columns, EMBEDDING: dim},
     )
     (staging / MANIFEST).write_text(json.dumps(augmented.to_dict(), indent=1))
@@ -105,24 +119,52 @@ def ensure_clip_embeddings(manifest: PoolManifest, clip: ClipConfig, scoring: Sc
     return augmented
 
 
-def _embed_files(paths: list[str], out: Path, manifest: PoolManifest, clip: ClipConfig, scoring: ScoringConfig,
-                 rows_per_file: int) -> list[str]:
+def _stored_parts(store: Path) -> list[str]:
+    return sorted(str(p) for p in store.glob("part-*/*.parquet"))
+
+
+def _embed_missing(paths: list[str], store: Path, manifest: PoolManifest, clip: ClipConfig, scoring: ScoringConfig,
+                   rows_per_file: int) -> None:
+    """Embed the rows of ``paths`` whose ids ``store`` lacks, as one more complete part of it."""
     from osal_ray.scoring.pool_pass import actor_constructor_kwargs, actor_map_options, read_pool, rows_per_block
 
-    rows = rows_per_file * max(1, len(paths))
-    blocks = rows_per_block(rows, manifest.image_bytes + 16, scoring)
-    dataset = read_pool(paths, rows, scoring).repartition(target_num_rows_per_block=blocks).map_batches(
+    needed = read_table(paths, []).column("id").to_numpy()
+    parts = _stored_parts(store)
+    have = read_table(parts, []).column("id").to_numpy() if parts else np.empty(0, dtype=np.int64)
+    missing = np.setdiff1d(needed, have)
+    if not len(missing):
+        return
+    dataset = read_pool(paths, len(needed), scoring)
+    if len(missing) < len(needed):
+        dataset = dataset.map_batches(_rows_with_ids, fn_kwargs={"ids": missing}, batch_format="pyarrow")
+    dataset = dataset.repartition(target_num_rows_per_block=rows_per_block(len(missing), manifest.image_bytes + 16, scoring))
+    dataset = dataset.map_batches(
         ClipImageEmbedder,
-        fn_constructor_kwargs={
-            "clip": dataclasses.asdict(clip),
-            "manifest": manifest.to_dict(),
-            **actor_constructor_kwargs(scoring),
-        },
+        fn_constructor_kwargs={"clip": dataclasses.asdict(clip), "manifest": manifest.to_dict(), **actor_constructor_kwargs(scoring)},
         batch_size=clip.batch_size,
         **actor_map_options(scoring),
     )
-    dataset.write_parquet(str(out), mode="overwrite", min_rows_per_file=rows_per_file)
-    return sorted(str(p) for p in out.glob("*.parquet"))
+    # Written aside and renamed when complete: an interrupted pass leaves no partial part behind.
+    name = f"part-{len(parts):04d}-{uuid.uuid4().hex[:8]}"
+    writing = store / f".{name}"
+    dataset.write_parquet(str(writing), mode="overwrite", min_rows_per_file=rows_per_file)
+    writing.rename(store / name)
+
+
+def _rows_with_ids(batch: pa.Table, ids: np.ndarray) -> pa.Table:
+    return batch.filter(pc.is_in(batch.column("id"), value_set=pa.array(ids)))
+
+
+def _with_embeddings(path: str, store: Path, out: Path) -> str:
+    """``path``'s rows (sorted by id) with their stored embeddings appended, written to ``out``."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path).sort_by("id")
+    embeddings = read_table(_stored_parts(store), [EMBEDDING], table.column("id").to_numpy())
+    if not table.column("id").equals(embeddings.column("id")):
+        raise RuntimeError(f"the CLIP embedding store {store} lacks rows of {path}")
+    pq.write_table(table.append_column(EMBEDDING, embeddings.column(EMBEDDING)), out)
+    return str(out)
 
 
 _TEXT_CACHE: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -164,11 +206,7 @@ def _class_means(state: ScoringState) -> np.ndarray:
     """Per known class, the normalised mean CLIP embedding of its labeled samples (VLPure Eq. 5)."""
     from osal_ray.clip import class_mean_embeddings
 
-    wanted = np.asarray(state.labeled_ids, dtype=np.int64)
-    table = read_table(pool_paths(state.manifest), [EMBEDDING], wanted)
-    if not np.array_equal(table.column("id").to_numpy(), np.sort(wanted)):
-        raise RuntimeError("labeled ids missing from the CLIP embedding pool")
-    labels = np.asarray(state.labeled_labels, dtype=np.int64)[np.argsort(wanted, kind="stable")]  # rows come sorted by id
+    table, labels = read_labeled(pool_paths(state.manifest), EMBEDDING, state.labeled_ids, state.labeled_labels)
     embeddings = decode_vectors(table.column(EMBEDDING), state.manifest.vector_columns[EMBEDDING])
     return class_mean_embeddings(embeddings, labels, state.manifest.num_known).astype(np.float32)
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from osal_ray import storage
-from osal_ray.config import TrainConfig
 from osal_ray.training.worker import InProcessSession, TrainJob, train_loop_per_worker
 
 
@@ -19,8 +18,8 @@ class FitResult:
     metrics: dict[str, Any]
 
 
-def fit_network(job: TrainJob, train: TrainConfig, storage_path: str | Path, name: str, staging: Path | None = None) -> FitResult:
-    """Train ``job`` with Ray Train (in-process when ``train.num_workers`` is 0).
+def fit_network(job: TrainJob, storage_path: str | Path, name: str, staging: Path | None = None) -> FitResult:
+    """Train ``job`` with Ray Train (in-process when ``job.train.num_workers`` is 0).
 
     Runs are named ``name`` under ``storage_path`` (a directory or a URI such as s3://...);
     Ray Train resumes a run of the same name from its last checkpoint, which is how an
@@ -30,6 +29,7 @@ def fit_network(job: TrainJob, train: TrainConfig, storage_path: str | Path, nam
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    train = job.train
     local = train.num_workers == 0
     storage_path = storage.ray_storage_path(storage_path)
     if local:
@@ -60,7 +60,11 @@ def fit_network(job: TrainJob, train: TrainConfig, storage_path: str | Path, nam
         raise RuntimeError(f"training run {name} finished without reporting a checkpoint")
     if local:
         return _local_result(job, storage_path, target, dict(result.metrics))
-    return FitResult(checkpoint_path=result.checkpoint.path, metrics=dict(result.metrics))
+    checkpoint = result.checkpoint.path
+    if storage.is_uri(storage_path):
+        # Ray's Checkpoint.path drops the scheme (s3://bucket/x -> bucket/x): rebuild the URI.
+        checkpoint = storage.join(storage_path, name, PurePosixPath(checkpoint).name)
+    return FitResult(checkpoint_path=checkpoint, metrics=dict(result.metrics))
 
 
 def _local_result(job: TrainJob, storage_path: str, target: str, metrics: dict[str, Any]) -> FitResult:

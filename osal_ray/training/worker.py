@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from osal_ray.config import TrainConfig
-from osal_ray.data.pool import PoolManifest, model_input, pool_paths, read_table
+from osal_ray.data.pool import PoolManifest, model_input, pool_paths, read_labeled, read_table
 from osal_ray.training.checkpoints import MODEL_FILE, NetworkSpec, load_network, load_network_anywhere, save_network
 from osal_ray.training.objectives import OBJECTIVES
 
@@ -162,16 +162,8 @@ def _device(use_gpu: bool, distributed: bool) -> torch.device:
 
 
 def _load_labeled(job: TrainJob) -> tuple[torch.Tensor, torch.Tensor]:
-    wanted = np.asarray(job.ids, dtype=np.int64)
-    labels = np.asarray(job.labels, dtype=np.int64)
-    table = read_table(pool_paths(job.manifest), [job.spec.input], wanted)
-    row_ids = table.column("id").to_numpy()
-    if len(row_ids) != len(np.unique(wanted)):
-        missing = np.setdiff1d(wanted, row_ids)[:10]
-        raise ValueError(f"{len(missing)} labeled ids are not in the pool, e.g. {missing.tolist()}")
-    order = np.argsort(wanted, kind="stable")
-    aligned = labels[order][np.searchsorted(wanted[order], row_ids)]
-    return model_input(table, job.manifest, job.spec.input), torch.from_numpy(aligned)
+    table, labels = read_labeled(pool_paths(job.manifest), job.spec.input, job.ids, job.labels)
+    return model_input(table, job.manifest, job.spec.input), torch.from_numpy(labels)
 
 
 def _train_epoch(model, loader, optimizer, job: TrainJob, objective, device, generator) -> float:
