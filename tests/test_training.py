@@ -132,3 +132,23 @@ def test_fit_on_a_ray_train_worker(ray_session, digits_pool, tmp_path):
     on_uri = fit_network(job, f"file://{tmp_path}/uri", "worker-uri")
     assert on_uri.checkpoint_path.startswith(f"file://{tmp_path}/uri/worker-uri/checkpoint_")
     load_network_anywhere(on_uri.checkpoint_path)
+
+
+@pytest.mark.ray
+def test_warm_start_begins_from_the_previous_round_and_refuses_another_architecture(ray_session, digits_pool, tmp_path):
+    import dataclasses
+
+    manifest, ids, labels = digits_pool
+    first = fit_network(_job(manifest, ids, labels, num_workers=0), tmp_path, "round-0")
+    # lr 0: the warm-started network must come out exactly as the previous round left it.
+    job = _job(manifest, ids, labels, num_workers=0)
+    warm = dataclasses.replace(job, train=dataclasses.replace(job.train, epochs=1, lr=0.0), init_checkpoint=first.checkpoint_path)
+    second = fit_network(warm, tmp_path, "round-1")
+    before, _ = load_network(first.checkpoint_path)
+    after, _ = load_network(second.checkpoint_path)
+    for name, tensor in before.state_dict().items():
+        assert torch.equal(tensor, after.state_dict()[name]), name
+    other = dataclasses.replace(warm, spec=NetworkSpec("mlp", 2, 1, 8, {"hidden": 16}))
+    with pytest.raises(InputError) as info:
+        fit_network(other, tmp_path, "round-1-other")
+    assert info.value.field == "train.reinit (warm start)"

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from osal_ray import storage
 from osal_ray.errors import InputError
 from osal_ray.models import create_model
 from osal_ray.models.heads import attach_head
@@ -47,11 +48,13 @@ def save_network(model: torch.nn.Module, spec: NetworkSpec, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_network(path: str | Path, expected: NetworkSpec | None = None, field_name: str = "checkpoint") -> tuple[torch.nn.Module, NetworkSpec]:
+def load_network(path: str | Path, expected: NetworkSpec | None = None, field_name: str = "checkpoint",
+                 into: torch.nn.Module | None = None) -> tuple[torch.nn.Module, NetworkSpec]:
     """Load a checkpoint written by ``save_network``; refuse anything else with a clear error.
 
     A directory is taken to hold ``model.pt``. With ``expected``, a checkpoint of another
-    architecture or output count is refused before any weight is copied.
+    architecture or output count is refused before any weight is copied. ``into``: load the
+    weights into this model (built from the same spec) instead of building a new one.
     """
     path = Path(path)
     if path.is_dir():
@@ -70,7 +73,7 @@ def load_network(path: str | Path, expected: NetworkSpec | None = None, field_na
         raise InputError(field_name, f"{path}: malformed network spec: {exc}") from None
     if expected is not None and spec != expected:
         raise InputError(field_name, f"{path} holds {spec}, but {expected} is configured")
-    model = spec.build()
+    model = into if into is not None else spec.build()
     state = payload.get("state_dict")
     if not isinstance(state, dict):
         raise InputError(field_name, f"{path}: no state_dict")
@@ -87,12 +90,12 @@ def load_network(path: str | Path, expected: NetworkSpec | None = None, field_na
     return model, spec
 
 
-def load_network_anywhere(location: str, expected: NetworkSpec | None = None, field_name: str = "checkpoint"
-                          ) -> tuple[torch.nn.Module, NetworkSpec]:
+def load_network_anywhere(location: str, expected: NetworkSpec | None = None, field_name: str = "checkpoint",
+                          into: torch.nn.Module | None = None) -> tuple[torch.nn.Module, NetworkSpec]:
     """``load_network`` for a local path or any URI Ray Train's Checkpoint understands (s3://, ...)."""
-    if "://" not in location:
-        return load_network(location, expected, field_name)
+    if not storage.is_uri(location):
+        return load_network(location, expected, field_name, into)
     from ray.train import Checkpoint
 
     with Checkpoint(location).as_directory() as folder:
-        return load_network(folder, expected, field_name)
+        return load_network(folder, expected, field_name, into)

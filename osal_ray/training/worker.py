@@ -112,8 +112,7 @@ def train_loop_per_worker(config: dict[str, Any], session: RayTrainSession | InP
 
     model = job.spec.build()
     if job.init_checkpoint:
-        warm, _ = load_network_anywhere(job.init_checkpoint, expected=job.spec, field_name="train.reinit (warm start)")
-        model.load_state_dict(warm.state_dict())
+        load_network_anywhere(job.init_checkpoint, expected=job.spec, field_name="train.reinit (warm start)", into=model)
     model = ray.train.torch.prepare_model(model) if distributed and world > 1 else model.to(device)
     train = job.train
     optimizer = torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
@@ -123,7 +122,7 @@ def train_loop_per_worker(config: dict[str, Any], session: RayTrainSession | InP
     resumed = session.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as folder:
-            start_epoch = _restore(Path(folder), model, optimizer, scheduler)
+            start_epoch = _restore(Path(folder), job.spec, model, optimizer, scheduler)
 
     started = time.perf_counter()
     loss_value = float("nan")
@@ -235,10 +234,9 @@ def _write_checkpoint(folder: Path, job: TrainJob, model, optimizer, scheduler, 
     os.replace(tmp, folder / TRAIN_STATE_FILE)
 
 
-def _restore(folder: Path, model, optimizer, scheduler) -> int:
+def _restore(folder: Path, spec: NetworkSpec, model, optimizer, scheduler) -> int:
     """Continue an interrupted training from its last reported checkpoint; returns the next epoch."""
-    network, _ = load_network(folder / MODEL_FILE)
-    getattr(model, "module", model).load_state_dict(network.state_dict())
+    load_network(folder / MODEL_FILE, expected=spec, into=getattr(model, "module", model))
     state = torch.load(folder / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
