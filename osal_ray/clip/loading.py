@@ -75,15 +75,8 @@ def create_clipn(
     ``allow_download`` lets open_clip fetch it (offline, huggingface_hub retries for about
     a minute before failing). The model is returned in eval mode on ``device``.
     """
-    if ":" in model_name:
-        raise InputError("clip.model_name", f"{model_name!r}: hf-hub:/local-dir: names are unsupported; use clip.model_config")
-    arch = register_model_config(model_name, model_config) if model_config is not None else model_name
-    if open_clip.get_model_config(arch) is None:
-        raise InputError("clip.model_name", f"unknown open_clip architecture {model_name!r}")
     notes: list[str] = []
-    source = _resolve_source(
-        model_name, arch, checkpoint, pretrained, notes, custom=model_config is not None, download=allow_download
-    )
+    arch, source = _locate_weights(model_name, checkpoint, pretrained, model_config, allow_download, notes)
     field = "clip.checkpoint" if source.kind == "checkpoint" else "clip.pretrained"
     state = read_state_dict(source.path, field)
     if source.kind == "pretrained":
@@ -125,13 +118,19 @@ def check_clipn_weights(
     Raises the same InputError (what to download and where) when none are reachable; returns
     a label of the source. Cheap enough to run before any Ray work starts.
     """
+    return _locate_weights(model_name, checkpoint, pretrained, model_config, allow_download, [])[1].label
+
+
+def _locate_weights(model_name: str, checkpoint: str | None, pretrained: str | None, model_config: dict | None,
+                    allow_download: bool, notes: list[str]) -> tuple[str, _Source]:
+    """The open_clip architecture to build and where its weights are (InputError when nowhere)."""
     if ":" in model_name:
         raise InputError("clip.model_name", f"{model_name!r}: hf-hub:/local-dir: names are unsupported; use clip.model_config")
     arch = register_model_config(model_name, model_config) if model_config is not None else model_name
     if open_clip.get_model_config(arch) is None:
         raise InputError("clip.model_name", f"unknown open_clip architecture {model_name!r}")
-    source = _resolve_source(model_name, arch, checkpoint, pretrained, [], custom=model_config is not None, download=allow_download)
-    return source.label
+    source = _resolve_source(model_name, arch, checkpoint, pretrained, notes, custom=model_config is not None, download=allow_download)
+    return arch, source
 
 
 def clipn_tokenizer(model: CLIPN) -> Any:
@@ -269,8 +268,7 @@ def find_cached_pretrained(model_name: str, tag: str) -> str | None:
         names = [filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
         if filename.endswith((".bin", ".pth")):
             names.insert(0, filename[:-4] + ".safetensors")
-        repo_dir = hf_hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
-        for snapshot in _snapshots(repo_dir):
+        for snapshot in _snapshots(_hf_repo_dir(repo_id)):
             for name in names:
                 if (snapshot / name).is_file():
                     return str(snapshot / name)
@@ -290,6 +288,10 @@ def hf_hub_cache_dir() -> Path:
         return Path(os.environ["HF_HOME"]) / "hub"
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     return Path(cache) / "huggingface" / "hub"
+
+
+def _hf_repo_dir(repo_id: str) -> Path:
+    return hf_hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
 
 
 def _snapshots(repo_dir: Path) -> list[Path]:
@@ -371,7 +373,7 @@ def _download_help(model_name: str, arch: str, reasons: list[str], custom: bool)
     if cfg.get("hf_hub"):
         repo_id, filename = os.path.split(cfg["hf_hub"])
         where.append(
-            f"the Hugging Face cache {hf_hub_cache_dir() / ('models--' + repo_id.replace('/', '--'))}"
+            f"the Hugging Face cache {_hf_repo_dir(repo_id)}"
             f"/snapshots/<revision>/{filename or HF_WEIGHTS_NAME} (huggingface.co/{repo_id})"
         )
     if cfg.get("url"):

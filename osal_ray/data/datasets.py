@@ -60,10 +60,21 @@ class SourceDataset:
         return len(self.class_names)
 
     def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Per-channel mean and std of the training images, after scaling to [0, 1]."""
-        pixels = self.train.images.reshape(-1, self.train.images.shape[-1]).astype(np.float64) / self.pixel_max
-        std = np.maximum(pixels.std(axis=0), 1e-3)
-        return tuple(float(v) for v in pixels.mean(axis=0)), tuple(float(v) for v in std)
+        """Per-channel mean and std of the training images, after scaling to [0, 1].
+
+        Summed in chunks of images, so a pool of millions needs no float copy of all its pixels.
+        """
+        images = self.train.images
+        total = np.zeros(images.shape[-1])
+        squares = np.zeros(images.shape[-1])
+        for start in range(0, len(images), 65_536):
+            pixels = images[start : start + 65_536].reshape(-1, images.shape[-1]).astype(np.float64) / self.pixel_max
+            total += pixels.sum(axis=0)
+            squares += (pixels**2).sum(axis=0)
+        count = images.size // images.shape[-1]
+        mean = total / count
+        std = np.maximum(np.sqrt(np.maximum(squares / count - mean**2, 0.0)), 1e-3)
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 DatasetLoader = Callable[[DataConfig], SourceDataset]

@@ -31,7 +31,26 @@ def attach_head(name: str, backbone: FeatureNetwork, **kwargs: Any) -> nn.Module
     return HEADS.get(name, "network head")(backbone, **kwargs)
 
 
-class LossPredictionNetwork(nn.Module):
+class HeadNetwork(nn.Module):
+    """A backbone plus extra outputs: ``forward`` gives the backbone's logits (or every output with
+    ``all_outputs``), ``forward_all`` adds what ``extras`` computes from the backbone's outputs."""
+
+    def __init__(self, backbone: FeatureNetwork) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def extras(self, base: NetworkOutput) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward_all(self, x: torch.Tensor) -> NetworkOutput:
+        base = self.backbone.forward_all(x)
+        return NetworkOutput(base.logits, base.embedding, base.intermediates, self.extras(base))
+
+    def forward(self, x: torch.Tensor, all_outputs: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        return self.forward_all(x).as_dict() if all_outputs else self.backbone(x)
+
+
+class LossPredictionNetwork(HeadNetwork):
     """Learning loss (Yoo & Kweon, 2019): a module predicting the classifier's loss from its features.
 
     Each intermediate feature map is globally average-pooled and mapped to ``hidden`` units;
@@ -40,64 +59,46 @@ class LossPredictionNetwork(nn.Module):
     """
 
     def __init__(self, backbone: FeatureNetwork, hidden: int = 128, sample_shape: tuple[int, ...] = ()) -> None:
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone)
         self.detach_features = False
         channels = [_channels(t) for t in _probe(backbone, sample_shape)]
         self.branches = nn.ModuleList([nn.Linear(c, hidden) for c in channels])
         self.out = nn.Linear(hidden * len(channels), 1)
 
-    def forward_all(self, x: torch.Tensor) -> NetworkOutput:
-        base = self.backbone.forward_all(x)
+    def extras(self, base: NetworkOutput) -> dict[str, torch.Tensor]:
         features = [f.detach() if self.detach_features else f for f in base.intermediates]
         pooled = [torch.relu(branch(_pool(f))) for branch, f in zip(self.branches, features)]
-        predicted = self.out(torch.cat(pooled, dim=1)).squeeze(1)
-        return NetworkOutput(base.logits, base.embedding, base.intermediates, {"predicted_loss": predicted})
-
-    def forward(self, x: torch.Tensor, all_outputs: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
-        return self.forward_all(x).as_dict() if all_outputs else self.backbone(x)
+        return {"predicted_loss": self.out(torch.cat(pooled, dim=1)).squeeze(1)}
 
 
-class OneVsAllNetwork(nn.Module):
+class OneVsAllNetwork(HeadNetwork):
     """EOAL's detector: the K+1 backbone plus K one-vs-all binary heads on its embedding.
 
     ``extras["ova_logits"]`` has shape (N, 2, K): for each known class, [negative, positive].
     """
 
     def __init__(self, backbone: FeatureNetwork, sample_shape: tuple[int, ...] = ()) -> None:
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone)
         self.num_known = backbone.head.out_features - 1
         self.ova = nn.Linear(backbone.embedding_dim, 2 * self.num_known)
 
-    def forward_all(self, x: torch.Tensor) -> NetworkOutput:
-        base = self.backbone.forward_all(x)
-        ova = self.ova(base.embedding).view(len(x), 2, self.num_known)
-        return NetworkOutput(base.logits, base.embedding, base.intermediates, {"ova_logits": ova})
-
-    def forward(self, x: torch.Tensor, all_outputs: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
-        return self.forward_all(x).as_dict() if all_outputs else self.backbone(x)
+    def extras(self, base: NetworkOutput) -> dict[str, torch.Tensor]:
+        return {"ova_logits": self.ova(base.embedding).view(len(base.embedding), 2, self.num_known)}
 
 
-class ProjectionNetwork(nn.Module):
+class ProjectionNetwork(HeadNetwork):
     """A self-supervised encoder: backbone embedding -> 2-layer projection, ``extras["projection"]`` L2-normalised."""
 
     def __init__(self, backbone: FeatureNetwork, dim: int = 128, sample_shape: tuple[int, ...] = ()) -> None:
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone)
         # The backbone's classifier layer never feeds the contrastive loss; frozen, so that
         # DistributedDataParallel (several Ray Train workers) does not wait for its gradients.
         backbone.head.requires_grad_(False)
         width = backbone.embedding_dim
         self.projection = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, dim))
 
-    def forward_all(self, x: torch.Tensor) -> NetworkOutput:
-        base = self.backbone.forward_all(x)
-        z = torch.nn.functional.normalize(self.projection(base.embedding), dim=1)
-        return NetworkOutput(base.logits, base.embedding, base.intermediates, {"projection": z})
-
-    def forward(self, x: torch.Tensor, all_outputs: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
-        return self.forward_all(x).as_dict() if all_outputs else self.backbone(x)
+    def extras(self, base: NetworkOutput) -> dict[str, torch.Tensor]:
+        return {"projection": torch.nn.functional.normalize(self.projection(base.embedding), dim=1)}
 
 
 def _pool(feature: torch.Tensor) -> torch.Tensor:
