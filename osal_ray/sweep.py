@@ -86,17 +86,11 @@ def validate_sweep(config: ExperimentConfig) -> None:
         raise InputError("sweep.num_samples" if sweep.num_samples < 1 else "sweep.max_concurrent_trials", "must be at least 1")
     if not sweep.trial_resources or any(v < 0 for v in sweep.trial_resources.values()):
         raise InputError("sweep.trial_resources", "give non-negative amounts, e.g. {CPU: 0.25}")
-    base = config.to_dict()
     for key, spec in sweep.space.items():
-        values = _representatives(key, spec)
+        _representatives(key, spec)
         if sweep.searcher == "optuna" and "grid" in spec:
             raise InputError(f"sweep.space.{key}", "the optuna searcher samples; use choice instead of grid")
-        for value in values:
-            try:
-                variant = config_from_dict(apply_values({**base, "sweep": {}}, {key: value}))
-                validate_config(variant)
-            except InputError as exc:
-                raise InputError(f"sweep.space.{key}", f"value {value!r}: {exc}") from None
+    _check_each_variant(config, validate_config)
     if sweep.metric_strategy is not None:
         if "strategy" in sweep.space:
             raise InputError("sweep.metric_strategy", "with strategy swept, each trial runs one strategy and is scored "
@@ -115,23 +109,33 @@ def check_sweep(config: ExperimentConfig) -> None:
     validate_config(config)
     validate_sweep(config)
     check_sweep_resume(config)
-    base = config.to_dict()
-    variants: list[tuple[str, Any, ExperimentConfig]] = [("", None, config)]
-    for key, spec in config.sweep.space.items():
-        variants += [(key, value, config_from_dict(apply_values({**base, "sweep": {}}, {key: value})))
-                     for value in _representatives(key, spec)]
     sources: dict[str, Any] = {}
-    for key, value, variant in variants:
-        try:
-            data_key = json.dumps(variant.to_dict()["data"], sort_keys=True)
-            if data_key not in sources:
-                sources[data_key] = load_dataset(variant.data)
-            check_splits(variant, sources[data_key])
-            check_clip_weights(variant)
-        except InputError as exc:
-            if not key:
-                raise
-            raise InputError(f"sweep.space.{key}", f"value {value!r}: {exc}") from None
+
+    def check_data(variant: ExperimentConfig) -> None:
+        data_key = json.dumps(variant.to_dict()["data"], sort_keys=True)
+        if data_key not in sources:
+            sources[data_key] = load_dataset(variant.data)
+        check_splits(variant, sources[data_key])
+        check_clip_weights(variant)
+
+    check_data(config)
+    _check_each_variant(config, check_data)
+
+
+def variant_config(base: dict[str, Any], values: dict[str, Any]) -> ExperimentConfig:
+    """The experiment of one trial: the config dict ``base`` with the swept ``values`` set, no sweep."""
+    return config_from_dict(apply_values({**base, "sweep": {}}, values))
+
+
+def _check_each_variant(config: ExperimentConfig, check: Callable[[ExperimentConfig], None]) -> None:
+    """``check`` the variant of every representative value of every swept key (the ends of a range)."""
+    base = config.to_dict()
+    for key, spec in config.sweep.space.items():
+        for value in _representatives(key, spec):
+            try:
+                check(variant_config(base, {key: value}))
+            except InputError as exc:
+                raise InputError(f"sweep.space.{key}", f"value {value!r}: {exc}") from None
 
 
 def _sweep_definition(config: ExperimentConfig) -> dict[str, Any]:
@@ -196,13 +200,11 @@ def sweep_trial(values: dict[str, Any], base: dict[str, Any], trials_root: str, 
 
     configure_ray_data()
     key = trial_key(values)
-    raw = apply_values(base, values)
-    raw["sweep"] = {}
-    raw["output_dir"] = str(Path(trials_root) / key)
-    raw["storage_path"] = storage.join(storage_root, "trials", key) if storage_root else None
-    config = config_from_dict(raw)
+    output_dir = str(Path(trials_root) / key)
+    storage_path = storage.join(storage_root, "trials", key) if storage_root else None
+    config = variant_config({**base, "output_dir": output_dir, "storage_path": storage_path}, values)
     summary = run_experiment(prepare_experiment(config))
-    metrics = {"node_id": ray.get_runtime_context().get_node_id(), "trial_key": key, "trial_output_dir": raw["output_dir"]}
+    metrics = {"node_id": ray.get_runtime_context().get_node_id(), "trial_key": key, "trial_output_dir": output_dir}
     for name in METRICS:
         means = summary["mean"]
         chosen = [means[metric_strategy][name]] if metric_strategy else [m[name] for m in means.values()]
@@ -291,7 +293,7 @@ def _write_outputs(config: ExperimentConfig, table: pd.DataFrame, folder: Path, 
         best = ok.iloc[0]
         values = {key: best[key] for key in config.sweep.space}
         values = {k: (v.item() if hasattr(v, "item") else v) for k, v in values.items()}
-        best_config = config_from_dict(apply_values({**config.to_dict(), "sweep": {}}, values))
+        best_config = variant_config(config.to_dict(), values)
         (folder / "best_config.yaml").write_text(
             f"# best of {len(ok)} finished trials by {config.sweep.metric} = {best['objective']:.4f}\n" + dump_config(best_config)
         )
