@@ -21,10 +21,12 @@ class FitResult:
 def fit_network(job: TrainJob, storage_path: str | Path, name: str, staging: Path | None = None) -> FitResult:
     """Train ``job`` with Ray Train (in-process when ``job.train.num_workers`` is 0).
 
-    Runs are named ``name`` under ``storage_path`` (a directory or a URI such as s3://...);
-    Ray Train resumes a run of the same name from its last checkpoint, which is how an
-    interrupted round picks up again. In-process training writes its checkpoint to
-    ``storage_path`` directly, or to ``staging`` and then uploads it when storage is a URI.
+    Runs are named ``name`` under ``storage_path`` (a directory or a URI such as s3://...).
+    With workers, Ray Train resumes a run of the same name from its last checkpoint, which is
+    how an interrupted round picks up mid-training. In-process training (Ray Train's local mode)
+    does not resume: an interrupted network is trained again from its seed, to the same result.
+    It writes its checkpoint to ``storage_path`` directly, or to ``staging`` and then uploads it
+    when storage is a URI.
     """
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
