@@ -28,7 +28,6 @@ from osal_ray.errors import InputError
 from osal_ray.experiment.outputs import SUMMARY_METRICS
 
 SEARCHERS = ("grid", "random", "optuna")
-METRICS = SUMMARY_METRICS
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SHORTHANDS = {"seed": "seeds", "strategy": "strategies"}
 
@@ -80,8 +79,8 @@ def validate_sweep(config: ExperimentConfig) -> None:
     sweep = config.sweep
     if sweep.searcher not in SEARCHERS:
         raise InputError("sweep.searcher", f"{sweep.searcher!r} is not one of {', '.join(SEARCHERS)}")
-    if sweep.metric not in METRICS:
-        raise InputError("sweep.metric", f"{sweep.metric!r} is not one of {', '.join(METRICS)}")
+    if sweep.metric not in SUMMARY_METRICS:
+        raise InputError("sweep.metric", f"{sweep.metric!r} is not one of {', '.join(SUMMARY_METRICS)}")
     if sweep.num_samples < 1 or sweep.max_concurrent_trials < 1:
         raise InputError("sweep.num_samples" if sweep.num_samples < 1 else "sweep.max_concurrent_trials", "must be at least 1")
     if not sweep.trial_resources or any(v < 0 for v in sweep.trial_resources.values()):
@@ -205,7 +204,7 @@ def sweep_trial(values: dict[str, Any], base: dict[str, Any], trials_root: str, 
     config = variant_config({**base, "output_dir": output_dir, "storage_path": storage_path}, values)
     summary = run_experiment(prepare_experiment(config))
     metrics = {"node_id": ray.get_runtime_context().get_node_id(), "trial_key": key, "trial_output_dir": output_dir}
-    for name in METRICS:
+    for name in SUMMARY_METRICS:
         means = summary["mean"]
         chosen = [means[metric_strategy][name]] if metric_strategy else [m[name] for m in means.values()]
         chosen = [v for v in chosen if v is not None]
@@ -272,7 +271,7 @@ def _trials_table(results: Any, keys: list[str]) -> pd.DataFrame:
     for result in results:
         metrics = result.metrics or {}
         row: dict[str, Any] = {key: result.config.get(key) for key in keys}
-        row.update({name: metrics.get(name, math.nan) for name in (*METRICS, "objective")})
+        row.update({name: metrics.get(name, math.nan) for name in (*SUMMARY_METRICS, "objective")})
         row["node_id"] = metrics.get("node_id")
         row["trial_key"] = metrics.get("trial_key", trial_key({k: result.config.get(k) for k in keys}))
         row["status"] = "error" if result.error else "ok"

@@ -86,18 +86,9 @@ def split_fingerprint(dataset: str, split: OpenSetSplit, extra: str = "") -> str
     return digest.hexdigest()[:16]
 
 
-def source_digest(source: SourceDataset) -> str:
-    """A digest of what a pool is made of: class names, pixel scale and every image's bytes
-    (so the same layout with other images or other names is not mistaken for the old pool)."""
-    digest = hashlib.sha256(repr((source.class_names, source.pixel_max, source.train.images.shape)).encode())
-    for images in (source.train.images, source.test.images):
-        digest.update(memoryview(np.ascontiguousarray(images)).cast("B"))
-    return digest.hexdigest()[:16]
-
-
 def materialize_pool(source: SourceDataset, split: OpenSetSplit, directory: Path, num_files: int) -> PoolManifest:
     """Write the pool and the known-class test set as Parquet, unless an identical one exists."""
-    fingerprint = split_fingerprint(source.name, split, source_digest(source))
+    fingerprint = split_fingerprint(source.name, split, source.content_digest)
     existing = read_manifest(directory) if (directory / MANIFEST).is_file() else None
     if existing is not None and existing.fingerprint == fingerprint:
         return existing
