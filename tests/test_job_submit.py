@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -51,6 +52,13 @@ def ray_head():
     gcs_port, dashboard_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = temp_dir
+    # Ray 2.60 heads use token authentication; a token of the test's own, so that neither a
+    # machine without ~/.ray/auth_token nor another cluster's token gets in the way.
+    token_path = os.path.join(temp_dir, "auth_token")
+    with open(token_path, "w") as handle:
+        handle.write(secrets.token_hex(32))
+    env["RAY_AUTH_TOKEN_PATH"] = token_path
+    env.pop("RAY_AUTH_TOKEN", None)
     head = subprocess.Popen(
         RAY_CLI + ["start", "--head", "--block", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}",
                    "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
