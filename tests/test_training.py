@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 from pathlib import Path
@@ -152,3 +153,62 @@ def test_warm_start_begins_from_the_previous_round_and_refuses_another_architect
     with pytest.raises(InputError) as info:
         fit_network(other, tmp_path, "round-1-other")
     assert info.value.field == "train.reinit (warm start)"
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_epoch_batches_fold_the_remainder_and_cover_every_sample(world):
+    from osal_ray.training.batches import epoch_batches
+
+    for n in range(1, 300):
+        per_rank = [epoch_batches(n, 64, torch.Generator().manual_seed(n), rank, world) for rank in range(world)]
+        assert len({len(batches) for batches in per_rank}) == 1  # every worker runs the same number of steps
+        indices = torch.cat([b for batches in per_rank for b in batches]).tolist()
+        assert set(indices) == set(range(n))
+        for batches in per_rank:
+            sizes = [len(b) for b in batches]
+            if len(sizes) > 1:
+                assert min(sizes) >= 32 and max(sizes) <= 96, (n, sizes)  # never a 1-5 sample batch
+    assert [len(b) for b in epoch_batches(65, 64, torch.Generator().manual_seed(0))] == [65]
+    assert [len(b) for b in epoch_batches(129, 64, torch.Generator().manual_seed(0))] == [65, 64]
+
+
+def test_batchnorm_network_trained_on_65_samples_does_not_collapse(digits_pool, tmp_path):
+    """65 labeled with batch 64 used to end every epoch on a 1-sample batch: accuracy fell to ~0.5 on 2 classes."""
+    from osal_ray.training.worker import InProcessSession, train_loop_per_worker
+
+    from osal_ray.data.pool import pool_paths, read_labels
+
+    manifest, _, _ = digits_pool
+    pool_ids, pool_labels = read_labels(pool_paths(manifest))
+    known = np.isin(pool_labels, [3, 8])
+    ids, labels = pool_ids[known][:65].tolist(), (pool_labels[known][:65] == 8).astype(int).tolist()
+    for seed in (0, 1):
+        job = dataclasses.replace(
+            _job(manifest, ids, labels), spec=NetworkSpec("cnn", 2, 1, 8, {"width": 8, "embedding": 16}), seed=seed,
+            train=TrainConfig(epochs=20, batch_size=64), local_checkpoint_dir=str(tmp_path / f"ckpt{seed}"),
+        )
+        session = InProcessSession()
+        train_loop_per_worker(job.to_config(), session=session)
+        assert session.metrics["accuracy"] > 0.9
+
+
+def test_batchnorm_statistics_stay_sane_when_the_set_is_smaller_than_a_batch(digits_pool, tmp_path):
+    from osal_ray.training.worker import InProcessSession, train_loop_per_worker
+
+    manifest, ids, labels = digits_pool
+    picks = [labels.index(0), labels.index(1), len(labels) - 1 - labels[::-1].index(0)]
+    few_ids, few_labels = [ids[i] for i in picks], [labels[i] for i in picks]
+    job = dataclasses.replace(
+        _job(manifest, few_ids, few_labels), spec=NetworkSpec("cnn", 2, 1, 8, {"width": 8, "embedding": 16}),
+        train=TrainConfig(epochs=30, batch_size=64), local_checkpoint_dir=str(tmp_path / "ckpt"),
+    )
+    session = InProcessSession()
+    train_loop_per_worker(job.to_config(), session=session)
+    model, _ = load_network(Path(session.folder))
+    for name, tensor in model.state_dict().items():
+        if "running_var" in name:
+            assert torch.isfinite(tensor).all() and (tensor > 0).all(), name
+        if "running_mean" in name:
+            assert torch.isfinite(tensor).all(), name
+    # In eval mode (running statistics) the network still fits its three training samples.
+    assert session.metrics["accuracy"] > 0.6

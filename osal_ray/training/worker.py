@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
 from osal_ray.config import TrainConfig
+from osal_ray.training.batches import epoch_batches
 from osal_ray.data.pool import PoolManifest, model_input, pool_paths, read_labeled, read_table
 from osal_ray.training.checkpoints import MODEL_FILE, NetworkSpec, load_network, load_network_anywhere, save_network
 from osal_ray.training.objectives import OBJECTIVES
@@ -106,9 +106,6 @@ def train_loop_per_worker(config: dict[str, Any], session: RayTrainSession | InP
     objective = OBJECTIVES.get(job.objective, "training objective")(
         job.objective_params, job.spec.num_outputs, y.numpy(), device, generator
     )
-    loader = DataLoader(TensorDataset(x, y, torch.arange(len(y))), batch_size=job.train.batch_size, shuffle=True, generator=generator)
-    if distributed and world > 1:
-        loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
 
     model = job.spec.build()
     if job.init_checkpoint:
@@ -128,10 +125,9 @@ def train_loop_per_worker(config: dict[str, Any], session: RayTrainSession | InP
     loss_value = float("nan")
     log_every = max(1, train.epochs // 4)
     for epoch in range(start_epoch, train.epochs):
-        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
         objective.start_epoch(model, x, y, epoch, train.epochs)
-        loss_value = _train_epoch(model, loader, optimizer, job, objective, device, generator)
+        batches = epoch_batches(len(y), train.batch_size, _epoch_generator(job.seed, epoch), rank, world)
+        loss_value = _train_epoch(model, x, y, batches, optimizer, job, objective, device, generator)
         scheduler.step()
         done = epoch + 1
         if rank == 0 and job.log_prefix and (done % log_every == 0 or done == train.epochs):
@@ -165,11 +161,17 @@ def _load_labeled(job: TrainJob) -> tuple[torch.Tensor, torch.Tensor]:
     return model_input(table, job.manifest, job.spec.input), torch.from_numpy(labels)
 
 
-def _train_epoch(model, loader, optimizer, job: TrainJob, objective, device, generator) -> float:
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one epoch's shuffle: the same on every worker, and the same after a resume."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch, 0xBA7C]).generate_state(1)[0]))
+
+
+def _train_epoch(model, x: torch.Tensor, y: torch.Tensor, batches: list[torch.Tensor], optimizer, job: TrainJob, objective,
+                 device, generator) -> float:
     model.train()
     total, count = 0.0, 0
-    for xb, yb, index in loader:
-        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+    for index in batches:
+        xb, yb = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
         if job.train.augment and xb.dim() == 4:
             xb = augment_batch(xb, generator)
         loss = objective.loss(model, xb, yb, index)
