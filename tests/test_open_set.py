@@ -11,7 +11,14 @@ import pytest
 
 from osal_ray.errors import InputError
 from osal_ray.strategies import PoolScores, get_strategy, query
-from osal_ray.strategies.mixtures import BGMM_DEFAULT_OPTIONS, LFOSA_GMM_OPTIONS, MixtureSettings, fit_class, known_probability
+from osal_ray.strategies.mixtures import (
+    BGMM_DEFAULT_OPTIONS,
+    LFOSA_GMM_OPTIONS,
+    MixtureSettings,
+    fit_class,
+    is_collapsed,
+    known_probability,
+)
 
 K = 2
 
@@ -102,6 +109,25 @@ def test_collapsed_mixtures_give_the_uninformative_probability():
     assert outlier.status == "collapsed" and (outlier.probability == 0.5).all()
     kept = fit_class(values, MixtureSettings("gmm", LFOSA_GMM_OPTIONS, collapse_weight=0.0), 0)
     assert kept.status == "fitted"
+    # Two components that do not separate (Ashman's D < 2) with a tiny weight: collapsed.
+    assert is_collapsed(np.array([0.995, 0.005]), np.array([5.0, 5.5]), np.array([1.0, 1.0]), 2000, 1.0,
+                        MixtureSettings("gmm")) is True
+
+
+@pytest.mark.parametrize("kind", ["gmm", "bgmm"])
+def test_a_small_but_separated_known_tail_is_kept(kind):
+    """1,990 low-MAV samples and 8 clear knowns: weights about [0.996, 0.004]. The reference queries all 8;
+    a collapse rule on weight alone set the whole class to 0.5 and queried none of them."""
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(2.0, 0.5, 1990), rng.normal(8.2, 0.3, 8)])
+    options = LFOSA_GMM_OPTIONS if kind == "gmm" else BGMM_DEFAULT_OPTIONS
+    fit = fit_class(values, MixtureSettings(kind, options), 0)
+    assert fit.status == "fitted"
+    assert fit.probability[-8:].min() > 0.9 and fit.probability[:1990].max() < 0.5
+    pred = np.zeros(len(values), dtype=np.int64)
+    name = "lfosa" if kind == "gmm" else "jsosal_no_entropy"
+    selection = query(name, _pool(pred, values.astype(np.float32), np.ones(len(values), np.float32)), 8, num_known=2)
+    assert sorted(selection.indices.tolist()) == list(range(1990, 1998))
 
 
 def test_fewer_candidates_than_budget_fills_from_the_rejected_by_margin():

@@ -7,8 +7,14 @@ Cases the LfOSA reference code gets wrong or leaves open, decided here:
 
 - a predicted class with fewer than 2 samples cannot hold a 2-component fit (the reference
   silently drops those samples): its samples get the uninformative probability 0.5;
-- a mixture that collapses (all MAVs equal, a component weight below ``collapse_weight`` or
-  two equal means) cannot tell known from unknown: the class's samples also get 0.5;
+- a mixture that collapses cannot tell known from unknown, and the class's samples also get
+  0.5: all MAVs equal, two equal means, a component holding less than one sample, or a small
+  component (weight below ``collapse_weight``) that is not a group of its own. A small
+  component is judged by separation, not by weight alone: a real small known tail (8 clear
+  knowns beside 1,990 low-MAV samples: weights 0.996 / 0.004) is kept, as the reference keeps
+  it, while one or two stray values are not a group. Separation is Ashman's
+  D = |mu_1 - mu_2| / sqrt((var_1 + var_2) / 2); D >= 2 (``min_separation``) is the usual mark
+  of two distinct modes, and a group holds at least ``MIN_GROUP`` samples;
 - fits are seeded (the reference's are not), so the same seed gives the same queries;
 - a class larger than ``fit_sample_size`` (50k by default: CIFAR-sized pools are fitted on every
   sample) is fitted on a seeded random subsample of that size and the posterior is computed for
@@ -39,6 +45,8 @@ BGMM_DEFAULT_OPTIONS = {
     "reg_covar": 1e-6,
 }
 UNINFORMATIVE = 0.5
+# A small mixture component is a group of its own (a tail of real knowns) only with this many members.
+MIN_GROUP = 3
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,7 @@ class MixtureSettings:
     options: dict[str, Any] = field(default_factory=dict)
     fit_sample_size: int | None = 50_000
     collapse_weight: float = 0.01
+    min_separation: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -76,11 +85,25 @@ def fit_class(values: np.ndarray, settings: MixtureSettings, seed: int) -> Class
         warnings.simplefilter("ignore")
         model.fit(fit_x)
     means = model.means_.ravel()
-    weights = model.weights_
-    spread = max(float(np.std(fit_x)), 1e-12)
-    if weights.min() < settings.collapse_weight or abs(means[0] - means[1]) < 1e-6 * spread:
+    if is_collapsed(model.weights_, means, model.covariances_.ravel(), len(fit_x), float(np.std(fit_x)), settings):
         return ClassFit(np.full(n, UNINFORMATIVE), "collapsed")
     return ClassFit(model.predict_proba(x)[:, int(np.argmax(means))], "fitted")
+
+
+def ashman_d(means: np.ndarray, variances: np.ndarray) -> float:
+    """Separation of two 1-d components: |mu_1 - mu_2| / sqrt((var_1 + var_2) / 2)."""
+    return float(abs(means[0] - means[1]) / np.sqrt(max((variances[0] + variances[1]) / 2.0, 1e-300)))
+
+
+def is_collapsed(weights: np.ndarray, means: np.ndarray, variances: np.ndarray, n: int, spread: float,
+                 settings: MixtureSettings) -> bool:
+    """Whether a two-component fit fails to describe two groups (see the module docstring)."""
+    members = float(weights.min()) * n
+    if abs(means[0] - means[1]) < 1e-6 * max(spread, 1e-12) or members < 1.0:
+        return True
+    if float(weights.min()) >= settings.collapse_weight:
+        return False
+    return members < MIN_GROUP or ashman_d(means, variances) < settings.min_separation
 
 
 def _make_mixture(settings: MixtureSettings, seed: int):

@@ -32,7 +32,7 @@ from osal_ray.strategies.mixtures import (
 DETECTOR_COLUMNS = ("det_pred", "det_mav", "det_known_margin")
 # JSOSAL Eq. 1-2: the detector's cross-entropy is weighted w_c = N / n_c (LfOSA's is not).
 WEIGHTED_DETECTOR = {"detector": NetworkOptions(objective_params={"class_weights": "inverse_frequency"})}
-COMMON_DEFAULTS = {"n_jobs": None, "fit_sample_size": 50_000, "collapse_weight": 0.01}
+COMMON_DEFAULTS = {"n_jobs": None, "fit_sample_size": 50_000, "collapse_weight": 0.01, "min_separation": 2.0}
 
 
 def _check(name: str, kind: str):
@@ -46,6 +46,8 @@ def _check(name: str, kind: str):
             fail("fit_sample_size", "must be null (fit on every sample) or an integer >= 100")
         if not 0.0 <= params["collapse_weight"] < 0.5:
             fail("collapse_weight", "must be in [0, 0.5)")
+        if not params["min_separation"] >= 0:
+            fail("min_separation", "must be >= 0 (Ashman's D; 0 never calls a small component collapsed)")
         if not isinstance(params["max_iter"], int) or params["max_iter"] < 1:
             fail("max_iter", "must be a positive integer")
         if params["tol"] <= 0:
@@ -70,7 +72,8 @@ def _check(name: str, kind: str):
 def _probabilities(pool: PoolScores, context: QueryContext, kind: str) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     params = context.params
     option_keys = LFOSA_GMM_OPTIONS if kind == "gmm" else BGMM_DEFAULT_OPTIONS
-    settings = MixtureSettings(kind, {k: params[k] for k in option_keys}, params["fit_sample_size"], params["collapse_weight"])
+    settings = MixtureSettings(kind, {k: params[k] for k in option_keys}, params["fit_sample_size"],
+                               params["collapse_weight"], params["min_separation"])
     predicted = np.asarray(pool["det_pred"])
     candidates = predicted < context.num_known
     seed = int(context.rng.integers(2**31 - 1))
