@@ -218,3 +218,24 @@ def test_preprocess_rejects_bad_input() -> None:
         preprocess_batch(np.zeros((1, 8, 8, 3), dtype=np.float32), 32)
     with pytest.raises(InputError):
         preprocess_batch(np.zeros((1, 8, 8, 4), dtype=np.uint8), 32)
+
+
+def test_visual_weights_with_missing_prototypes() -> None:
+    rng = np.random.default_rng(2)
+    cy, cn, cv = rng.uniform(0, 0.4, (3, 50, 4))
+    everyone = vlpure_decision(cy, cn, cv, 20.0, prototypes=np.ones(4, dtype=bool))
+    for got, want in zip(everyone, vlpure_decision(cy, cn, cv, 20.0)):
+        np.testing.assert_allclose(got, want)
+    # No prototype at all: every class weighs 1/K, i.e. the text-only decision on the 1/K scale.
+    id_none, ood_none, pred_none = vlpure_decision(cy, cn, cv, 20.0, prototypes=np.zeros(4, dtype=bool))
+    id_text, ood_text, pred_text = vlpure_decision(cy, cn, None, 20.0)
+    np.testing.assert_allclose(id_none, id_text / 4)
+    np.testing.assert_allclose(ood_none, ood_text / 4)
+    np.testing.assert_array_equal(pred_none, pred_text)
+    # One class missing: its weight is 1/K, the others share (K-1)/K by the visual softmax.
+    p_id, _ = atd_scores(cy, cn, 20.0)
+    w = visual_weights(cv[:, :3], 20.0) * 3 / 4
+    id_some, _, _ = vlpure_decision(cy, cn, cv, 20.0, prototypes=np.array([True, True, True, False]))
+    np.testing.assert_allclose(id_some, np.maximum((w * p_id[:, :3]).max(axis=1), p_id[:, 3] / 4))
+    with pytest.raises(InputError, match="prototypes"):
+        vlpure_decision(cy, cn, cv, 20.0, prototypes=np.ones(3, dtype=bool))

@@ -42,8 +42,35 @@ def _pool(yes, no, visual, probs):
 
 
 def _context(pool: PoolScores, params: dict) -> QueryContext:
-    """One labeled known sample: what the loop always provides (its scores are not used without tuning)."""
-    return QueryContext(2, np.random.default_rng(0), params, LabeledScores(pool.subset(np.array([0])), np.array([0])))
+    """A labeled sample of each known class: every class has a visual prototype (scores unused without tuning)."""
+    return QueryContext(2, np.random.default_rng(0), params, LabeledScores(pool.subset(np.array([0, 1])), np.array([0, 1])))
+
+
+def test_a_known_class_without_labeled_samples_is_decided_on_text_evidence():
+    """No labeled sample of class 1: its prototype is zero. With visual weights over both classes its
+    samples lost to the OOD score; they must be decided by the text towers alone."""
+    rng = np.random.default_rng(4)
+    n_id, n_ood, k = 60, 60, 2
+    cls = np.repeat([0, 1], n_id // 2)
+    yes = rng.uniform(0.1, 0.2, (n_id + n_ood, k))
+    no = rng.uniform(0.1, 0.2, (n_id + n_ood, k))
+    yes[np.arange(n_id), cls] += 0.15
+    no[n_id:] += 0.15
+    visual = rng.uniform(0.4, 0.6, (n_id + n_ood, k))  # CLIP images are all fairly similar to one another
+    visual[np.arange(n_id), cls] += 0.3
+    visual[:, 1] = 0.0  # the class mean of a class without labeled samples is the zero vector
+    pool = _pool(yes, no, visual, np.full((n_id + n_ood, 2), 0.5))
+    labeled = LabeledScores(pool.subset(np.array([0])), np.array([0]))  # class 0 only
+    context = QueryContext(2, np.random.default_rng(0), {"tune_scale": False}, labeled)
+    selection = get_strategy("vlpure").select(pool, 10, context)
+    predicted = selection.diagnostics["predicted_known"]
+    class_one = np.arange(n_id)[cls == 1]
+    assert predicted[class_one].mean() > 0.9
+    assert predicted[n_id:].mean() < 0.1
+    assert predicted[np.arange(n_id)[cls == 0]].mean() > 0.9
+    assert selection.values["classes_without_prototype"] == 1
+    _, _, zero_prototype = vlpure_decision(yes, no, visual, 100.0)  # every class treated as having one
+    assert zero_prototype[class_one].mean() < 0.5
 
 
 def test_base_strategy_picks_among_the_predicted_id():

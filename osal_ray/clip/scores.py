@@ -55,9 +55,9 @@ def visual_weights(cos_visual: np.ndarray, scale: float) -> np.ndarray:
 def class_mean_embeddings(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Per-class prototypes ``[K, D]``: the mean of the L2-normalised embeddings of a class, normalised again.
 
-    A class without any labeled sample gets a zero row, so every image's cosine with it is 0:
-    in :func:`visual_weights` it then weighs like a class orthogonal to the image (exp(0),
-    small next to the positive cosines CLIP images have with their own class, but not zero).
+    A class without any labeled sample gets a zero row (every image's cosine with it is 0);
+    :func:`vlpure_decision` is told which classes have a prototype and decides a class without
+    one on its text evidence alone.
     """
     x = _matrix(embeddings, "embeddings")
     y = np.asarray(labels)
@@ -74,7 +74,8 @@ def class_mean_embeddings(embeddings: np.ndarray, labels: np.ndarray, num_classe
 
 
 def vlpure_decision(
-    cos_yes: np.ndarray, cos_no: np.ndarray, cos_visual: np.ndarray | None, scale: float
+    cos_yes: np.ndarray, cos_no: np.ndarray, cos_visual: np.ndarray | None, scale: float,
+    prototypes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """VLPure open-set decision: ``(id_score[N], ood_score[N], predicted_id[N] bool)``.
 
@@ -84,10 +85,12 @@ def vlpure_decision(
     on a 1/K scale), else p_ood. predicted_id = max_c q > ood_score.
     id_score = max_c q: the decision compares the best class against OOD, so this is the
     quantity the rule thresholds, and ranking by id_score - ood_score follows the decision.
+    ``prototypes[c]`` says whether class c has a visual prototype (a labeled sample); a class
+    without one is decided on text evidence alone (see :func:`_decide`). None: every class has one.
     """
     cy, cn = _pair(cos_yes, cos_no)
     cv = None if cos_visual is None else _same_shape(cos_visual, cy, "cos_visual")
-    id_score, ood = _decide(cy, cn, cv, np.array([_check_scale(scale)]))
+    id_score, ood = _decide(cy, cn, cv, np.array([_check_scale(scale)]), _prototypes(prototypes, cy.shape[1]))
     return id_score[0], ood[0], id_score[0] > ood[0]
 
 
@@ -97,6 +100,7 @@ def tune_scale(
     cos_visual: np.ndarray | None,
     is_id: np.ndarray,
     grid: np.ndarray | None = None,
+    prototypes: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """VLPure Eq. 8 self-temperature tuning on labeled samples: ``(best_scale, best_balanced_accuracy)``.
 
@@ -116,10 +120,11 @@ def tune_scale(
     n_id = int(truth.sum())
     if n_id == 0 or n_id == truth.size:
         return float("nan"), float("nan")
+    present = _prototypes(prototypes, cy.shape[1])
     step = max(1, _GRID_CHUNK_ELEMENTS // cy.size)
     accuracy = np.empty(scales.size)
     for start in range(0, scales.size, step):
-        id_score, ood = _decide(cy, cn, cv, scales[start : start + step])
+        id_score, ood = _decide(cy, cn, cv, scales[start : start + step], present)
         predicted = id_score > ood
         tpr = (predicted & truth).sum(axis=1) / n_id
         tnr = (~predicted & ~truth).sum(axis=1) / (truth.size - n_id)
@@ -128,12 +133,18 @@ def tune_scale(
     return float(scales[best]), float(accuracy[best])
 
 
-def _decide(cy: np.ndarray, cn: np.ndarray, cv: np.ndarray | None, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _decide(cy: np.ndarray, cn: np.ndarray, cv: np.ndarray | None, scales: np.ndarray,
+            prototypes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(max_c q, ood_score)``, each ``[G, N]``, for every scale in ``scales`` at once.
 
     Written for speed (this runs over the whole tuning grid): with e_c = exp(s (cos_yes_c -
     max_j cos_yes_j)) and E = sum_c e_c, p_class_c = e_c / E and p_yes_c = 1 / (1 + exp(s
     (cos_no_c - cos_yes_c))), so p_id_c = u_c / E with u_c = e_c / (1 + exp(s (cos_no_c - cos_yes_c))).
+
+    Visual weights need a class prototype; ``prototypes[c]`` False (no labeled sample of class c)
+    gives that class the neutral weight 1/K, so it is decided on its text evidence alone:
+    p_id_c / K against p_ood / K. The classes with prototypes share the rest, P/K, by the
+    softmax of their visual similarities.
     """
     s = scales[:, None, None]
     with np.errstate(over="ignore"):  # exp overflow -> inf -> p_yes = 0, which is the limit
@@ -145,10 +156,20 @@ def _decide(cy: np.ndarray, cn: np.ndarray, cv: np.ndarray | None, scales: np.nd
     p_ood = np.clip(1.0 - u.sum(axis=2) / total, 0.0, 1.0)
     if cv is None:
         return u.max(axis=2) / total, p_ood
-    e_vis = np.exp(np.multiply(s, cv - cv.max(axis=1, keepdims=True), out=odds), out=odds)
-    vis_total = e_vis.sum(axis=2)
-    e_vis *= u
-    return e_vis.max(axis=2) / (total * vis_total), p_ood / cy.shape[1]
+    k = cy.shape[1]
+    present = np.ones(k, dtype=bool) if prototypes is None else np.asarray(prototypes, dtype=bool)
+    if present.all():
+        e_vis = np.exp(np.multiply(s, cv - cv.max(axis=1, keepdims=True), out=odds), out=odds)
+        vis_total = e_vis.sum(axis=2)
+        e_vis *= u
+        return e_vis.max(axis=2) / (total * vis_total), p_ood / k
+    weights = np.full_like(odds, 1.0 / k)
+    if present.any():
+        shifted = cv[:, present] - cv[:, present].max(axis=1, keepdims=True)
+        e_vis = np.exp(np.multiply(s, shifted))
+        weights[:, :, present] = e_vis * (present.sum() / k) / e_vis.sum(axis=2, keepdims=True)
+    weights *= u
+    return weights.max(axis=2) / total, p_ood / k
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -178,6 +199,15 @@ def _same_shape(a: np.ndarray, like: np.ndarray, field: str) -> np.ndarray:
 def _pair(cos_yes: np.ndarray, cos_no: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cy = _matrix(cos_yes, "cos_yes")
     return cy, _same_shape(cos_no, cy, "cos_no")
+
+
+def _prototypes(prototypes: np.ndarray | None, k: int) -> np.ndarray | None:
+    if prototypes is None:
+        return None
+    mask = np.asarray(prototypes)
+    if mask.shape != (k,) or mask.dtype != bool:
+        raise InputError("prototypes", f"need a bool array of shape ({k},), got {mask.dtype} {mask.shape}")
+    return mask
 
 
 def _check_scale(scale: float) -> float:

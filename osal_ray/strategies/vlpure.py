@@ -86,13 +86,16 @@ def vlpure(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     def sims(scores: PoolScores) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         return scores["clip_cos_yes"], scores["clip_cos_no"], scores["clip_cos_visual"] if visual else None
 
+    # A known class with no labeled sample has no visual prototype (its class mean is zero).
+    labels = context.labeled.labels if context.labeled is not None else np.empty(0, dtype=np.int64)
+    prototypes = np.isin(np.arange(context.num_known), labels[labels >= 0]) if visual else None
     scale, balanced_accuracy = float(params["scale"]), math.nan
-    if params["tune_scale"] and context.labeled is not None and len(context.labeled.labels):
+    if params["tune_scale"] and len(labels):
         grid = None if params["scale_grid"] is None else np.asarray(params["scale_grid"], dtype=float)
-        best, balanced_accuracy = tune_scale(*sims(context.labeled.scores), context.labeled.labels >= 0, grid)
+        best, balanced_accuracy = tune_scale(*sims(context.labeled.scores), labels >= 0, grid, prototypes)
         if math.isfinite(best):
             scale = best
-    id_score, ood_score, predicted_id = vlpure_decision(*sims(pool), scale)
+    id_score, ood_score, predicted_id = vlpure_decision(*sims(pool), scale, prototypes)
     margin = id_score - ood_score
     candidates = np.flatnonzero(predicted_id)
     if len(candidates) >= budget:
@@ -112,5 +115,6 @@ def vlpure(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
             "tuning_balanced_accuracy": balanced_accuracy,
             "n_predicted_id": float(len(candidates)),
             "n_filled": float(max(0, len(indices) - len(candidates))),
+            "classes_without_prototype": float(0 if prototypes is None else (~prototypes).sum()),
         },
     )
