@@ -146,3 +146,37 @@ def test_top_k_breaks_ties_by_position_and_ignores_nan():
     scores = np.array([1.0, 3.0, np.nan, 3.0, 2.0] + [0.0] * 40)
     assert top_k(scores, 3).tolist() == [1, 3, 4]
     assert top_k(scores, 2, candidates=np.array([0, 2, 4])).tolist() == [4, 0]
+
+
+def test_top_k_breaks_ties_by_the_secondary_score_then_at_random():
+    scores = np.ones(3000)  # saturated posteriors
+    secondary = np.zeros(3000)
+    secondary[[2500, 10, 1700]] = [3.0, 2.0, 1.0]
+    chosen = top_k(scores, 200, tiebreak=secondary, rng=np.random.default_rng(0))
+    assert chosen[:3].tolist() == [2500, 10, 1700]
+    # The remaining ties are random, not the first positions of the pool.
+    rest = chosen[3:]
+    assert not set(rest.tolist()) <= set(range(250))
+    assert 1100 < rest.mean() < 1900  # uniform over 0..2999: mean ~1500
+    again = top_k(scores, 200, tiebreak=secondary, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(chosen, again)
+    # A strictly better primary score still wins over any tie-break.
+    scores[5] = 2.0
+    assert top_k(scores, 1, tiebreak=secondary, rng=np.random.default_rng(1)).tolist() == [5]
+
+
+@pytest.mark.parametrize("name", ["lfosa", "jsosal", "jsosal_no_entropy"])
+def test_saturated_known_probabilities_are_not_queried_in_pool_order(name):
+    """Thousands of posteriors equal 1.0: the queries used to be the first 200 pool positions (with
+    image folders: one class). They follow the MAV, then chance."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    mav = np.concatenate([rng.normal(30.0, 0.01, n - 500), rng.normal(2.0, 0.5, 500)]).astype(np.float32)
+    pool = PoolScores(np.arange(n), {
+        "det_pred": np.zeros(n, dtype=np.int64), "det_mav": mav, "det_known_margin": np.ones(n, dtype=np.float32),
+        "entropy": np.full(n, 0.5, dtype=np.float32),
+    })
+    selection = query(name, pool, 200, num_known=2, seed=3)
+    chosen = selection.indices
+    assert (selection.diagnostics["known_probability"][: n - 500] == 1.0).mean() > 0.5  # saturated
+    assert chosen.max() >= 1000 and chosen.mean() > 600

@@ -228,23 +228,36 @@ def query(
     return get_strategy(name).select(pool, budget, context)
 
 
-def top_k(scores: np.ndarray, k: int, candidates: np.ndarray | None = None) -> np.ndarray:
+def top_k(scores: np.ndarray, k: int, candidates: np.ndarray | None = None, *, tiebreak: np.ndarray | None = None,
+          rng: np.random.Generator | None = None) -> np.ndarray:
     """Positions of the ``k`` largest scores (optionally among ``candidates``), best first.
 
-    Ties are broken by position, so the answer is deterministic for a deterministic input;
-    NaN ranks last; ``k <= 0`` gives none.
+    Equal scores are ordered by the larger ``tiebreak`` (a secondary score over the whole pool,
+    e.g. the MAV behind a saturated probability), then at random with ``rng``, and only then by
+    position. Position alone is no tie-break for a real pool: thousands of probabilities
+    saturate at 1.0, and pool order may follow the class folders. ``rng`` draws one number per
+    pool row whatever the scores, so a seeded run stays reproducible. NaN ranks last;
+    ``k <= 0`` gives none.
     """
+    keys = rng.random(len(scores)) if rng is not None else None
     positions = np.arange(len(scores)) if candidates is None else np.asarray(candidates, dtype=np.int64)
     values = np.asarray(scores, dtype=np.float64)[positions]
     values = np.where(np.isnan(values), -np.inf, values)  # NaN never outranks a real score
     k = min(k, len(positions))
     if k <= 0:
         return np.empty(0, dtype=np.int64)
-    # lexsort: last key is primary -> descending score, then ascending position.
     if k < len(positions) // 4:
-        # Partition first so that large pools are not fully sorted.
+        # Partition first so that large pools are not fully sorted (every tie at the cut is kept).
         threshold = np.partition(values, len(values) - k)[len(values) - k]
         keep = values >= threshold
         positions, values = positions[keep], values[keep]
-    order = np.lexsort((positions, -values))
+    # lexsort: the last key is primary -> descending score, descending tie-break, random, position.
+    order_keys: list[np.ndarray] = [positions]
+    if keys is not None:
+        order_keys.append(keys[positions])
+    if tiebreak is not None:
+        secondary = np.asarray(tiebreak, dtype=np.float64)[positions]
+        order_keys.append(-np.where(np.isnan(secondary), -np.inf, secondary))
+    order_keys.append(-values)
+    order = np.lexsort(tuple(order_keys))
     return positions[order[:k]]

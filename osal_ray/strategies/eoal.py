@@ -105,9 +105,9 @@ def eoal(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
         chosen = candidates[round_robin(score[candidates], clusters, budget)]
         n_clusters = int(clusters.max()) + 1
     else:
-        chosen = top_k(-score, budget, candidates)
+        chosen = top_k(-score, budget, candidates, rng=context.rng)
         n_clusters = 0
-    extra = top_k(-score, budget - len(chosen), np.flatnonzero(~predicted_known))
+    extra = top_k(-score, budget - len(chosen), np.flatnonzero(~predicted_known), rng=context.rng)
     indices = np.concatenate([chosen, extra])
     return Selection(
         indices,

@@ -38,5 +38,5 @@ def check_ll(name: str):
 def learning_loss(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     """Learning loss: query the b samples with the highest loss predicted by the loss-prediction module."""
     score = pool["predicted_loss"]
-    chosen = top_k(score, budget)
+    chosen = top_k(score, budget, rng=context.rng)
     return Selection(chosen, score[chosen])

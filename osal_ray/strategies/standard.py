@@ -18,7 +18,7 @@ def random_sampling(pool: PoolScores, budget: int, context: QueryContext) -> Sel
 def least_confidence(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     """Query the b samples whose top class probability is lowest (score 1 - max p)."""
     score = 1.0 - pool["probs"].max(axis=1)
-    chosen = top_k(score, budget)
+    chosen = top_k(score, budget, rng=context.rng)
     return Selection(chosen, score[chosen])
 
 
@@ -26,7 +26,7 @@ def least_confidence(pool: PoolScores, budget: int, context: QueryContext) -> Se
 def entropy_sampling(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     """Query the b samples with the highest predictive entropy of the classifier."""
     score = pool["entropy"]
-    chosen = top_k(score, budget)
+    chosen = top_k(score, budget, rng=context.rng)
     return Selection(chosen, score[chosen])
 
 
@@ -35,6 +35,6 @@ def margin_sampling(pool: PoolScores, budget: int, context: QueryContext) -> Sel
     """Query the b samples with the smallest gap between the two most probable classes."""
     top2 = np.sort(pool["probs"], axis=1)[:, -2:]
     score = 1.0 - (top2[:, 1] - top2[:, 0])
-    chosen = top_k(score, budget)
+    chosen = top_k(score, budget, rng=context.rng)
     return Selection(chosen, score[chosen])
 

@@ -103,8 +103,8 @@ def vlpure(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
         inner = base.select(pool.subset(candidates), budget, dataclasses.replace(context, params=params["base_params"]))
         indices, scores = candidates[inner.indices], inner.scores
     else:
-        extra = top_k(margin, budget - len(candidates), np.flatnonzero(~predicted_id))
-        indices = np.concatenate([top_k(margin, len(candidates), candidates), extra])
+        extra = top_k(margin, budget - len(candidates), np.flatnonzero(~predicted_id), rng=context.rng)
+        indices = np.concatenate([top_k(margin, len(candidates), candidates, rng=context.rng), extra])
         scores = margin[indices]
     return Selection(
         indices,
