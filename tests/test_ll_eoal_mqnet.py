@@ -201,7 +201,7 @@ def test_mqnet_first_round_sums_then_trains_on_the_queried_set():
     purity = max_similarity(pool["ssl_embedding"].astype(float), annotated["ssl_embedding"][:8].astype(float))
     expected = standardize(1 - pool["probs"].max(1)) + standardize(purity)
     np.testing.assert_allclose(first.scores, np.sort(expected)[::-1][:5], rtol=1e-6)
-    assert set(first.carry) == {"last_query_ids"}
+    assert set(first.carry) == {"last_query_ids", "last_query_inputs", "last_query_probs"}
 
     # Next round: last round's queries are now labeled; the meta-network trains on them.
     queried = pool.subset(first.indices)
@@ -215,6 +215,37 @@ def test_mqnet_first_round_sums_then_trains_on_the_queried_set():
     assert second.values["meta_trained_on"] == 5
     assert {"w1", "b1", "w2", "b2", "last_query_ids"} <= set(second.carry)
     assert not np.isin(rest.ids[second.indices], queried.ids).any()
+
+
+def test_mqnet_meta_network_learns_from_the_pre_query_classifier():
+    """The reference trains the meta-network right after the query, with the classifier that chose
+    the query. Next round the classifier has been retrained on those samples: its losses on them
+    are training-set losses and must not be the targets."""
+    pool, annotated = _mqnet_inputs(80, 1), _mqnet_inputs(10, 2)
+    labeled = LabeledScores(annotated, np.array([0, 1] * 4 + [-1, -1]))
+    first = get_strategy("mqnet").select(pool, 6, QueryContext(num_known=2, rng=np.random.default_rng(0), labeled=labeled))
+    queried = pool.subset(first.indices)
+    rest = pool.subset(np.setdiff1d(np.arange(80), first.indices))
+    new_labels = np.array([0, -1, 1, 0, 1, -1])
+
+    def second_round(retrained_probs: np.ndarray):
+        columns = {"ssl_embedding": np.concatenate([annotated["ssl_embedding"], queried["ssl_embedding"]]),
+                   "probs": np.concatenate([annotated["probs"], retrained_probs])}
+        labeled2 = LabeledScores(PoolScores(np.concatenate([annotated.ids, queried.ids]), columns),
+                                 np.concatenate([labeled.labels, new_labels]))
+        context = QueryContext(num_known=2, rng=np.random.default_rng(1), params={"meta_epochs": 20}, labeled=labeled2, carry=first.carry)
+        return get_strategy("mqnet").select(rest, 5, context)
+
+    # The retrained classifier fits its new training samples perfectly, or not at all: no difference.
+    fitted = np.where(np.eye(2, dtype=bool)[np.maximum(new_labels, 0)], 0.999, 0.001).astype(np.float32)
+    a, b = second_round(fitted), second_round(fitted[:, ::-1].copy())
+    assert a.values["meta_trained_on"] == 6
+    np.testing.assert_array_equal(a.indices, b.indices)
+    for key in ("w1", "b1", "w2", "b2"):
+        np.testing.assert_array_equal(a.carry[key], b.carry[key])
+    # What was carried is the query as the pre-query models scored it.
+    np.testing.assert_allclose(first.carry["last_query_probs"], queried["probs"], rtol=1e-6)
+    np.testing.assert_allclose(first.carry["last_query_inputs"][:, 0], 1 - queried["probs"].max(1), rtol=1e-6)
 
 
 @pytest.mark.parametrize("strategy", ["ll", "mqnet"])

@@ -10,12 +10,15 @@
   prediction (``ll``, the classifier then carries a loss-prediction module).
 - Both are standardised as exp(z-score) over the set being scored.
 - The meta-network, 2 -> hidden -> 1 with out = sigmoid(x @ relu(W1) + b1) @ relu(W2) + b2
-  (monotone in both inputs), is trained after each query on the just-queried samples with the
-  ranking loss (margin 1) against the current classifier's cross-entropy on them, the target of
-  an unknown (OOD) sample being 0. The first query round, with no queried set yet, ranks by the
-  sum of the two standardised inputs.
-- A queried known sample is itself a labeled feature; its purity is taken against the *other*
-  labeled known samples (otherwise every labeled known sample has purity 1).
+  (monotone in both inputs), is trained on each query set with the ranking loss (margin 1)
+  against the cross-entropy of the classifier that chose it, the target of an unknown (OOD)
+  sample being 0. As in the reference (meta_train right after the query, before retraining),
+  its inputs and targets are those of the *pre-query* models: the query's informativeness,
+  purity and class probabilities are carried from the round that chose it, and the training
+  happens when its labels are known, at the start of the next selection. Scores of the
+  retrained models would be training-set losses (the classifier has just learned these
+  samples). The first query round, with no queried set yet, ranks by the sum of the two
+  standardised inputs.
 """
 
 from __future__ import annotations
@@ -169,25 +172,46 @@ def mqnet(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     carry: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in context.carry.items()}
     meta = None
     values: dict[str, float] = {}
-    last = carry.get("last_query_ids")
-    if last is not None and labeled is not None and len(last):
+    delta = _last_query(carry, labeled)
+    if delta is None and "w1" in carry:
+        meta = MetaNetwork(params["meta_hidden"], 0, carry)
+    elif delta is not None:
         meta = MetaNetwork(params["meta_hidden"], int(context.rng.integers(2**31 - 1)), carry if "w1" in carry else None)
-        rows = np.flatnonzero(np.isin(labeled.scores.ids, last))
-        position_in_references = np.full(len(labeled.labels), -1)
-        position_in_references[known_rows] = np.arange(len(known_rows))
-        delta = labeled.scores.subset(rows)
-        delta_purity = max_similarity(np.asarray(delta["ssl_embedding"], dtype=np.float64), references, position_in_references[rows])
-        delta_inputs = np.stack([standardize(_informativeness(delta, params["informativeness"])), standardize(delta_purity)], axis=1)
-        labels = labeled.labels[rows]
-        probs = np.asarray(delta["probs"], dtype=np.float64)
-        target = np.where(labels >= 0, -np.log(np.clip(probs[np.arange(len(rows)), np.maximum(labels, 0)], 1e-12, 1.0)), 0.0)
-        meta.fit(delta_inputs, target, params["meta_epochs"], params["meta_lr"], params["meta_batch_size"], context.rng)
-        values["meta_trained_on"] = float(len(rows))
+        inputs_at_query, probs_at_query, labels = delta
+        meta_inputs = np.stack([standardize(inputs_at_query[:, 0]), standardize(inputs_at_query[:, 1])], axis=1)
+        true_class = np.clip(probs_at_query[np.arange(len(labels)), np.maximum(labels, 0)], 1e-12, 1.0)
+        target = np.where(labels >= 0, -np.log(true_class), 0.0)
+        meta.fit(meta_inputs, target, params["meta_epochs"], params["meta_lr"], params["meta_batch_size"], context.rng)
+        values["meta_trained_on"] = float(len(labels))
 
     inputs = np.stack([standardize(informativeness), standardize(purity)], axis=1)
     score = meta.score(inputs) if meta is not None else inputs.sum(axis=1)
-    chosen = top_k(score, budget)
+    chosen = top_k(score, budget, rng=context.rng)
     if meta is not None:
         carry.update(meta.weights())
-    carry["last_query_ids"] = np.asarray(pool.ids[chosen], dtype=np.int64)
+    carry.update({
+        "last_query_ids": np.asarray(pool.ids[chosen], dtype=np.int64),
+        # Raw (informativeness, purity) and class probabilities of the query under the pre-query models.
+        "last_query_inputs": np.stack([informativeness[chosen], purity[chosen]], axis=1),
+        "last_query_probs": np.asarray(pool["probs"], dtype=np.float64)[chosen],
+    })
     return Selection(chosen, score[chosen], diagnostics={"purity": purity}, values=values, carry=carry)
+
+
+def _last_query(carry: Mapping[str, np.ndarray], labeled) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(inputs, probabilities) of the previous query as its round scored it, and its labels now known.
+
+    None before the first query, or for a state saved before the query-time values were carried
+    (an older osal_ray): the meta-network then scores with the weights it has, untrained this round.
+    """
+    ids = carry.get("last_query_ids")
+    if ids is None or not len(ids) or labeled is None or not len(labeled.labels) or "last_query_inputs" not in carry:
+        return None
+    order = np.argsort(labeled.scores.ids)
+    positions = np.searchsorted(labeled.scores.ids, ids, sorter=order)
+    positions = np.minimum(positions, len(order) - 1)
+    found = labeled.scores.ids[order[positions]] == ids
+    if not found.any():
+        return None
+    labels = labeled.labels[order[positions[found]]]
+    return np.asarray(carry["last_query_inputs"], dtype=np.float64)[found], np.asarray(carry["last_query_probs"], dtype=np.float64)[found], labels
