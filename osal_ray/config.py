@@ -39,6 +39,20 @@ class DataConfig:
     num_classes: int = 10
     class_names: list[str] | None = None
     pool_files: int = 2
+    unknown_label: str = "unknown"
+    channels: int | None = None
+
+
+@dataclass
+class OracleConfig:
+    """Who labels the queries: ``simulated`` (the ground truth) or ``files`` (people, through CSV files).
+
+    ``auto``: simulated for datasets with labels, files for ``image_pool``. ``truth_file`` (a CSV of
+    ``key,label`` or ``path,label``) lets a simulated annotator label an ``image_pool``.
+    """
+
+    kind: str = "auto"
+    truth_file: str | None = None
 
 
 @dataclass
@@ -83,6 +97,7 @@ class DetectorConfig:
 
     temperature: float = 0.5
     class_weights: str = "auto"
+    class_weight_reduction: str = "weighted_mean"
 
 
 @dataclass
@@ -153,6 +168,7 @@ class ExperimentConfig:
     storage_path: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     al: ALConfig = field(default_factory=ALConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)

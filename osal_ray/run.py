@@ -1,6 +1,7 @@
 """Command line: ``python -m osal_ray.run [--config JOB.yaml] [--set key=value ...] [--output-dir DIR]``.
 
 Without arguments it runs the default job (digits, 2 known classes) on an embedded Ray.
+``osal-ray label OUTPUT_DIR FILE.csv`` stages human labels (see ``osal_ray.label``).
 With RAY_ADDRESS set, or under ``ray job submit``, it joins that cluster instead.
 Bad input exits with code 2 and a message naming the field, before Ray starts.
 """
@@ -25,7 +26,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the experiment a config describes; returns the process exit code."""
+    """Run the experiment a config describes; returns the process exit code.
+
+    ``osal-ray label OUTPUT_DIR FILE.csv`` (the console script's subcommand) is ``python -m osal_ray.label``.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["label"]:
+        from osal_ray.label import main as label_main
+
+        return label_main(argv[1:])
     args = parse_args(argv)
     from osal_ray.config import load_config
     from osal_ray.sweep import is_sweep
@@ -46,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"osal_ray: error: {exc}", file=sys.stderr)
         return 2
 
+    if not is_sweep(config) and prepared.waiting is not None:
+        from osal_ray.experiment.runner import run_experiment
+
+        run_experiment(prepared)  # says what is missing, starts no Ray
+        return 0
     from osal_ray.cluster import connect_ray
 
     connect_ray(config.ray)

@@ -9,8 +9,10 @@ import re
 
 from osal_ray.config import ExperimentConfig
 from osal_ray.errors import InputError
+from osal_ray.training.losses import WEIGHT_REDUCTIONS
 
 PROTOCOLS = ("mismatch", "ood_ratio")
+ORACLE_KINDS = ("auto", "simulated", "files")
 CLASS_WEIGHTINGS = ("auto", "none", "inverse_frequency")
 
 
@@ -29,8 +31,9 @@ def validate_config(config: ExperimentConfig) -> None:
     _require(len(set(config.strategies)) == len(config.strategies), "strategies", f"repeated strategies in {config.strategies}")
     for name in config.strategies:
         STRATEGIES.get(name, "strategies")
-    for name, params in config.strategy_params.items():
-        STRATEGIES.get(name, f"strategy_params.{name}").resolve_params(params)
+    for name in config.strategy_params:
+        strategy = STRATEGIES.get(name, f"strategy_params.{name}")
+        strategy.resolve_params(strategy.params_from(config))
 
     data = config.data
     DATASETS.get(data.dataset, "data.dataset")
@@ -50,6 +53,11 @@ def validate_config(config: ExperimentConfig) -> None:
     _require(data.pool_files >= 1, "data.pool_files", "must be at least 1")
     _require(data.num_samples >= 100, "data.num_samples", "must be at least 100 (synthetic dataset)")
     _require(data.num_classes >= 3, "data.num_classes", "must be at least 3 (synthetic dataset)")
+
+    _require(bool(data.unknown_label.strip()) and data.unknown_label != "skip", "data.unknown_label",
+             f"{data.unknown_label!r}: give a folder/label name other than 'skip' (reserved for unusable images)")
+    _require(data.channels in (None, 1, 3), "data.channels", f"{data.channels}: 1 (grayscale), 3 (colour) or null (decided from the images)")
+    _require(config.oracle.kind in ORACLE_KINDS, "oracle.kind", f"{config.oracle.kind!r} is not one of {', '.join(ORACLE_KINDS)}")
 
     _require(config.al.rounds >= 1, "al.rounds", "must be at least 1")
     _require(config.al.budget >= 1, "al.budget", "must be at least 1")
@@ -75,6 +83,11 @@ def validate_config(config: ExperimentConfig) -> None:
         config.detector.class_weights in CLASS_WEIGHTINGS,
         "detector.class_weights",
         f"{config.detector.class_weights!r} is not one of {', '.join(CLASS_WEIGHTINGS)}",
+    )
+    _require(
+        config.detector.class_weight_reduction in WEIGHT_REDUCTIONS,
+        "detector.class_weight_reduction",
+        f"{config.detector.class_weight_reduction!r} is not one of {', '.join(WEIGHT_REDUCTIONS)}",
     )
 
     c = config.clip

@@ -36,6 +36,11 @@ def small_digits_config(output_dir: Path, **overrides) -> ExperimentConfig:
         "al": {"rounds": 2, "budget": 10},
         "train": {"epochs": 10, "num_workers": 0},
     }
+    return config_with(raw, overrides)
+
+
+def config_with(raw: dict, overrides: dict) -> ExperimentConfig:
+    """``raw`` with ``overrides`` (dotted keys, or a section name with a dict merged into it) applied."""
     for key, value in overrides.items():
         if "." not in key and isinstance(value, dict) and isinstance(raw.get(key), dict):
             raw[key] = {**raw[key], **value}
@@ -76,6 +81,10 @@ def synthetic_column(name: str, n: int, k: int, rng: np.random.Generator) -> np.
         return np.where(rng.random(n) < 0.5, rng.normal(6.0, 0.5, n), rng.normal(2.0, 0.5, n)).astype(np.float32)
     if name == "det_known_margin":
         return rng.normal(size=n).astype(np.float32)
+    if name == "energy":
+        return rng.normal(3.0, 1.0, n).astype(np.float32)
+    if name == "bald":
+        return rng.gamma(1.0, 0.1, n).astype(np.float32)
     if name == "predicted_loss":
         return rng.gamma(2.0, 0.5, n).astype(np.float32)
     if name == "det_embedding":

@@ -189,14 +189,14 @@ def test_detector_plans_follow_the_method_unless_configured(digits_config):
     assert set(jsosal_plans) == {"classifier", "detector"}
     detector = jsosal_plans["detector"]
     assert detector.spec.num_outputs == 3 and detector.include_invalid
-    assert detector.objective_params == {"temperature": 0.5, "class_weights": "inverse_frequency"}
+    assert detector.objective_params == {"temperature": 0.5, "class_weights": "inverse_frequency", "class_weight_reduction": "weighted_mean"}
     lfosa_detector = {p.name: p for p in plan_networks(config, manifest, get_strategy("lfosa"))}["detector"]
     assert lfosa_detector.objective_params["class_weights"] == "none"
     assert [p.name for p in plan_networks(config, manifest, get_strategy("entropy"))] == ["classifier"]
     ablation = digits_config(**{"detector.class_weights": "none", "detector.temperature": 1.0})
     plan = {p.name: p for p in plan_networks(ablation, manifest, get_strategy("jsosal"))}["detector"]
-    assert plan.objective_params == {"temperature": 1.0, "class_weights": "none"}
-    ids, labels = plan.training_set([1, 2], [0, 1], [7, 9], num_known=2, pool_ids=np.arange(20))
+    assert plan.objective_params == {"temperature": 1.0, "class_weights": "none", "class_weight_reduction": "weighted_mean"}
+    ids, labels = plan.training_set([1, 2], [0, 1], [7, 9], num_known=2, pool_ids=lambda: np.arange(20))
     assert (ids, labels) == ([1, 2, 7, 9], [0, 1, 2, 2])
 
 

@@ -84,6 +84,9 @@ def test_weighted_temperature_cross_entropy_worked_example():
     ce0, ce1 = math.log1p(math.exp(-4)), math.log1p(math.exp(-2))
     loss = temperature_cross_entropy(logits, targets, 0.5, torch.tensor([1.0, 3.0]))
     assert float(loss) == pytest.approx((1 * ce0 + 3 * ce1) / 4, rel=1e-6)
+    # JSOSAL's Eq. 1 averaged over the batch: the weights are not normalised away.
+    mean = temperature_cross_entropy(logits, targets, 0.5, torch.tensor([1.0, 3.0]), reduction="mean")
+    assert float(mean) == pytest.approx((1 * ce0 + 3 * ce1) / 2, rel=1e-6)
     assert float(temperature_cross_entropy(logits, targets, 1.0)) == pytest.approx((math.log1p(math.exp(-2)) + math.log1p(math.exp(-1))) / 2, rel=1e-6)
 
 

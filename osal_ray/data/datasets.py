@@ -11,7 +11,7 @@ import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -88,17 +88,19 @@ class SourceDataset:
         return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
-DatasetLoader = Callable[[DataConfig], SourceDataset]
+DatasetLoader = Callable[[DataConfig], Any]
 DATASETS: Registry[DatasetLoader] = Registry("dataset")
 
 
 def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
-    """Register a loader ``fn(DataConfig) -> SourceDataset``; names are unique."""
+    """Register a loader ``fn(DataConfig) -> SourceDataset`` (images with labels, in memory) or
+    ``-> ImagePoolSource`` (a listed folder of mostly unlabeled files, decoded by a Ray Data pass
+    later, see ``osal_ray.data.image_pool``); names are unique."""
     return DATASETS.decorator(name)
 
 
-def load_dataset(config: DataConfig) -> SourceDataset:
-    """Load the dataset that ``config.dataset`` names."""
+def load_dataset(config: DataConfig) -> Any:
+    """Load (or, for ``image_pool``, list and check) the dataset that ``config.dataset`` names."""
     loader = DATASETS.get(config.dataset, "data.dataset")
     dataset = loader(config)
     if dataset.num_classes < 2:

@@ -205,6 +205,24 @@ def read_rows(paths: list[str], manifest: PoolManifest, ids: np.ndarray | None =
     return table.column("id").to_numpy(), decode_images(table.column("image"), manifest), labels
 
 
+def read_pool_ids(manifest: PoolManifest) -> np.ndarray:
+    """Every pool row's id, sorted."""
+    return read_table(pool_paths(manifest), []).column("id").to_numpy()
+
+
+def read_catalog(manifest: PoolManifest, ids: np.ndarray | None = None) -> dict[int, tuple[str, str | None]]:
+    """id -> (key, path) of the pool rows ``ids`` (all when None). A pool without those columns (a
+    labeled dataset held in memory) has keys that are its ids as text, and no paths."""
+    import pyarrow.parquet as pq
+
+    paths = pool_paths(manifest)
+    if {"key", "path"} <= set(pq.read_schema(paths[0]).names):
+        table = read_table(paths, ["key", "path"], ids)
+        return dict(zip(table.column("id").to_pylist(), zip(table.column("key").to_pylist(), table.column("path").to_pylist())))
+    every = read_pool_ids(manifest) if ids is None else np.asarray(ids, dtype=np.int64)
+    return {int(i): (str(int(i)), None) for i in every}
+
+
 def read_labels(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(ids, true labels) of every row: what the simulated oracle reads, and nothing else does."""
     table = read_table(paths, ["label"])

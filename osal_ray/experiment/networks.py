@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -40,11 +40,12 @@ class NetworkPlan:
     whole_pool: bool = False
 
     def training_set(self, labeled_ids: list[int], labeled_labels: list[int], invalid_ids: list[int], num_known: int,
-                     pool_ids: np.ndarray) -> tuple[list[int], list[int]]:
+                     pool_ids: Callable[[], np.ndarray]) -> tuple[list[int], list[int]]:
         """(ids, labels) to train on: known samples as 0..K-1, invalid ones as K if included,
-        or every pool sample (label 0, unused) for a self-supervised network."""
+        or every pool sample (label 0, unused; ``pool_ids`` is called only then) for a self-supervised network."""
         if self.whole_pool:
-            return pool_ids.tolist(), [0] * len(pool_ids)
+            ids = pool_ids()
+            return ids.tolist(), [0] * len(ids)
         if not self.include_invalid:
             return list(labeled_ids), list(labeled_labels)
         return list(labeled_ids) + list(invalid_ids), list(labeled_labels) + [num_known] * len(invalid_ids)
@@ -52,7 +53,7 @@ class NetworkPlan:
 
 def plan_networks(config: ExperimentConfig, manifest: PoolManifest, strategy: Strategy) -> list[NetworkPlan]:
     """The networks ``strategy``'s score columns need, plus the classifier (what accuracy measures)."""
-    params = config.strategy_params.get(strategy.name, {})
+    params = strategy.params_from(config)
     names = networks_for(strategy.required_columns(params)) | {"classifier"}
     options = strategy.network_options(params)
     unknown = sorted(names - {"classifier", "detector", "ssl"})
@@ -65,6 +66,7 @@ def plan_networks(config: ExperimentConfig, manifest: PoolManifest, strategy: St
         own = dict(options.get("detector", NetworkOptions()).objective_params)
         weighting = config.detector.class_weights
         own["temperature"] = config.detector.temperature
+        own["class_weight_reduction"] = config.detector.class_weight_reduction
         own["class_weights"] = own.get("class_weights", "none") if weighting == "auto" else weighting
         spec = _spec(model.detector or model.classifier, k + 1, manifest, model.kwargs)
         plans.append(_plan("detector", spec, config.train, options, objective_params=own, include_invalid=True))

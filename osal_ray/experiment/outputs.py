@@ -9,7 +9,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,7 @@ ROUND_COLUMNS = [
     "strategy", "seed", "round", "n_labeled_known", "n_invalid", "budget_spent", "n_queried",
     "accuracy", "precision", "recall",
 ]
-QUERY_COLUMNS = ["strategy", "seed", "round", "id", "score", "label", "known"]
+QUERY_COLUMNS = ["strategy", "seed", "round", "id", "key", "path", "score", "label", "known", "skipped"]
 # Per strategy and seed in summary.json (and their mean and std over seeds).
 SUMMARY_METRICS = ("aubc", "last_accuracy", "final_recall", "mean_precision")
 
@@ -44,15 +44,19 @@ def rounds_frame(states: Iterable[RunState]) -> pd.DataFrame:
     return frame[ordered].sort_values(["strategy", "seed", "round"], kind="stable").reset_index(drop=True)
 
 
-def queries_frame(states: Iterable[RunState]) -> pd.DataFrame:
-    """Every bought annotation: round, strategy, seed, id, the strategy's score, revealed label."""
+def queries_frame(states: Iterable[RunState], catalog: Mapping[int, tuple[str, str | None]] | None = None) -> pd.DataFrame:
+    """Every labeled query: round, strategy, seed, id, its key and path (``catalog``: id -> (key, path);
+    without it the key is the id), the strategy's score, the label, whether known or skipped."""
+    catalog = catalog or {}
     rows = [
-        {"strategy": s.strategy, "seed": s.seed, "round": q.round, "id": q.id, "score": q.score, "label": q.label, "known": q.known}
+        {"strategy": s.strategy, "seed": s.seed, "round": q.round, "id": q.id, "key": catalog.get(q.id, (str(q.id), None))[0],
+         "path": catalog.get(q.id, (None, None))[1], "score": q.score, "label": q.label, "known": q.known, "skipped": q.skipped}
         for s in states
         for q in s.queries
     ]
     frame = pd.DataFrame(rows, columns=QUERY_COLUMNS)
-    return frame.astype({"seed": "int64", "round": "int64", "id": "int64", "score": "float64", "label": "int64", "known": "bool"})
+    return frame.astype({"seed": "int64", "round": "int64", "id": "int64", "key": "object", "path": "object", "score": "float64",
+                         "label": "int64", "known": "bool", "skipped": "bool"})
 
 
 def summary(states: Iterable[RunState]) -> dict[str, Any]:
@@ -84,10 +88,18 @@ def _finite(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def write_tables(output_dir: Path, states: list[RunState]) -> dict[str, Any]:
-    """Rewrite rounds.parquet, queries.parquet and summary.json from the run states."""
+def write_tables(output_dir: Path, states: list[RunState], manifests: Iterable[Any] = ()) -> dict[str, Any]:
+    """Rewrite rounds.parquet, queries.parquet and summary.json from the run states (``manifests``:
+    the pools, whose catalog gives each query's key and path)."""
+    from osal_ray.data.pool import read_catalog
+
+    queried = np.unique(np.asarray([q.id for s in states for q in s.queries], dtype=np.int64))
+    catalog: dict[int, tuple[str, str | None]] = {}
+    for manifest in {m.directory: m for m in manifests}.values():
+        if len(queried):
+            catalog.update(read_catalog(manifest, queried))
     _atomic_parquet(rounds_frame(states), output_dir / "rounds.parquet")
-    _atomic_parquet(queries_frame(states), output_dir / "queries.parquet")
+    _atomic_parquet(queries_frame(states, catalog), output_dir / "queries.parquet")
     result = summary(states)
     atomic_write_text(output_dir / "summary.json", json.dumps(_json_safe(result), indent=2))
     return result

@@ -7,20 +7,22 @@ an output directory of another configuration) without Ray; ``run_experiment`` ne
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from osal_ray import storage
 from osal_ray.config import ExperimentConfig, dump_config
-from osal_ray.data import OpenSetSplit, SourceDataset, build_split, load_dataset, materialize_pool
+from osal_ray.data import ImagePoolSource, OpenSetSplit, SourceDataset, build_split, load_dataset, materialize_pool
 from osal_ray.data.pool import PoolManifest
 from osal_ray.errors import InputError
-from osal_ray.experiment.oracle import Oracle
+from osal_ray.experiment.oracle import Annotator, QueryRequest, SimulatedOracle
 from osal_ray.experiment.outputs import plot_curves, rounds_frame, write_tables
 from osal_ray.experiment.report import round_header, round_row, summary_table
 from osal_ray.experiment.state import STATE_FILE, RoundRecord, RunState, atomic_write_text, open_run_state
 from osal_ray.experiment.trajectory import RunContext, run_trajectory
+from osal_ray.lock import OutputLock
 from osal_ray.models import model_input
 from osal_ray.scoring import stored_columns_for
 from osal_ray.strategies import get_strategy
@@ -29,21 +31,24 @@ from osal_ray.validation import validate_config
 
 @dataclass(frozen=True)
 class PreparedSeed:
-    """The materialised pool of one seed and the oracle that knows its labels."""
+    """The materialised pool of one seed and the annotator that labels its queries."""
 
     seed: int
     manifest: PoolManifest
-    oracle: Oracle
+    annotator: Annotator
 
 
 @dataclass
 class PreparedExperiment:
-    """A validated experiment whose data is on disk, ready for Ray."""
+    """A validated experiment whose data is on disk (an ``image_pool`` is decoded once Ray runs)."""
 
     config: ExperimentConfig
     output_dir: Path
     seeds: list[PreparedSeed]
     states: dict[tuple[str, int], RunState | None]
+    lock: OutputLock | None = None
+    image_pool: ImagePoolSource | None = None
+    waiting: str | None = None  # a human round still lacks labels: nothing to do (the message says what)
 
 
 def run_location(storage_root: str, strategy: str, seed: int) -> str:
@@ -51,13 +56,30 @@ def run_location(storage_root: str, strategy: str, seed: int) -> str:
     return storage.join(storage_root, "runs", strategy, f"seed_{seed}")
 
 
-def check_splits(config: ExperimentConfig, source: SourceDataset) -> list[OpenSetSplit]:
-    """Every seed's split of ``source``, each checked to hold the whole budget. Writes nothing."""
+def oracle_kind(config: ExperimentConfig) -> str:
+    """``oracle.kind`` with ``auto`` resolved: files for ``image_pool``, simulated otherwise."""
+    if config.oracle.kind != "auto":
+        return config.oracle.kind
+    return "files" if config.data.dataset == ImagePoolSource.name else "simulated"
+
+
+def check_splits(config: ExperimentConfig, source: SourceDataset | ImagePoolSource) -> list[OpenSetSplit]:
+    """Every seed's split of ``source``, each checked to hold the whole budget. Writes nothing.
+
+    An image pool has no split (its folders are the split); its budget is checked against the
+    unlabeled files listed (decoding may still find some unreadable).
+    """
+    needed = config.al.budget * config.al.rounds
+    if isinstance(source, ImagePoolSource):
+        available = sum(e.role == "unlabeled" for e in source.entries)
+        if needed > available:
+            raise InputError("al.budget", f"{config.al.rounds} rounds x {config.al.budget} = {needed} queries, but "
+                                          f"{source.root / 'unlabeled'} holds only {available} files; lower al.budget or al.rounds")
+        return []
     splits = []
     for seed in config.seeds:
         split = build_split(config.data, source.train.labels, source.test.labels, source.class_names, seed)
         available = len(split.pool_ids) - len(split.initial_ids)
-        needed = config.al.budget * config.al.rounds
         if needed > available:
             raise InputError(
                 "al.budget",
@@ -66,6 +88,17 @@ def check_splits(config: ExperimentConfig, source: SourceDataset) -> list[OpenSe
             )
         splits.append(split)
     return splits
+
+
+def check_oracle(config: ExperimentConfig, source: SourceDataset | ImagePoolSource) -> None:
+    """A simulated annotator needs the truth: a labeled dataset, or an image pool's truth file."""
+    if oracle_kind(config) != "simulated" or not isinstance(source, ImagePoolSource):
+        return
+    if config.oracle.truth_file is None:
+        raise InputError("oracle.kind", "image_pool has no true labels to simulate an annotator with; use oracle.kind: files "
+                                        "(people label) or give oracle.truth_file (a CSV of key,label or path,label)")
+    if not Path(config.oracle.truth_file).is_file():
+        raise InputError("oracle.truth_file", f"no such file: {config.oracle.truth_file}")
 
 
 def check_clip_weights(config: ExperimentConfig) -> None:
@@ -79,31 +112,66 @@ def check_clip_weights(config: ExperimentConfig) -> None:
 
 
 def prepare_experiment(config: ExperimentConfig, log: Callable[[str], None] = print) -> PreparedExperiment:
-    """Validate, check resumability, build splits and write the Parquet pools. No Ray."""
+    """Validate, lock the output directory, check resumability, build splits and write the pools.
+
+    No Ray: an ``image_pool`` is only listed and checked here (``run_experiment`` decodes it).
+    """
     validate_config(config)
     output_dir = config.resolved_output_dir().resolve()
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError("--output-dir", f"{output_dir} exists and is not a directory")
+    lock = OutputLock.acquire(output_dir)
+    try:
+        return _prepare(config, output_dir, lock, log)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _prepare(config: ExperimentConfig, output_dir: Path, lock: OutputLock, log: Callable[[str], None]) -> PreparedExperiment:
     states = {
         (strategy, seed): open_run_state(storage.join(run_location(config.resolved_storage(), strategy, seed), STATE_FILE), config, strategy, seed)
         for seed in config.seeds
         for strategy in config.strategies
     }
+    if oracle_kind(config) == "files":
+        waiting = _incomplete_round(output_dir)
+        if waiting is not None:
+            return PreparedExperiment(config, output_dir, [], states, lock, waiting=waiting)
     source = load_dataset(config.data)
     splits = check_splits(config, source)
+    check_oracle(config, source)
     check_clip_weights(config)
     prepared = []
-    for seed, split in zip(config.seeds, splits):
-        manifest = materialize_pool(source, split, output_dir / "data" / f"seed_{seed}", config.data.pool_files)
-        prepared.append(PreparedSeed(seed, manifest, Oracle.from_pool(manifest)))
-        known = ", ".join(manifest.known_class_names())
-        log(
-            f"seed {seed}: {config.data.dataset}, {config.data.protocol} protocol, known classes [{known}]; "
-            f"pool {manifest.num_pool} ({prepared[-1].oracle.num_known} known), initial {manifest.num_initial}, "
-            f"test {manifest.num_test}"
-        )
+    if isinstance(source, SourceDataset):
+        for seed, split in zip(config.seeds, splits):
+            manifest = materialize_pool(source, split, output_dir / "data" / f"seed_{seed}", config.data.pool_files)
+            prepared.append(PreparedSeed(seed, manifest, SimulatedOracle.from_pool(manifest)))
+            known = ", ".join(manifest.known_class_names())
+            log(
+                f"seed {seed}: {config.data.dataset}, {config.data.protocol} protocol, known classes [{known}]; "
+                f"pool {manifest.num_pool} ({prepared[-1].annotator.num_known} known), initial {manifest.num_initial}, "
+                f"test {manifest.num_test}"
+            )
+    else:
+        log(f"image_pool {source.root}: known classes [{', '.join(source.class_names)}], unknown label "
+            f"{source.unknown_label!r}; {len(source.entries)} files listed")
     atomic_write_text(output_dir / "config.yaml", dump_config(config))
-    return PreparedExperiment(config, output_dir, prepared, states)
+    experiment = PreparedExperiment(config, output_dir, prepared, states, lock, source if isinstance(source, ImagePoolSource) else None)
+    if oracle_kind(config) == "files" and prepared:
+        experiment.seeds = _with_files_annotator(experiment, [s.manifest for s in prepared])
+    return experiment
+
+
+def _with_files_annotator(experiment: PreparedExperiment, manifests: list[PoolManifest]) -> list[PreparedSeed]:
+    """Every seed labeled by the same people through the same annotation folder."""
+    from osal_ray.annotation.files import FilesAnnotator
+    from osal_ray.annotation.labels import LabelSet
+
+    config = experiment.config
+    names = manifests[0].known_class_names()
+    annotator = FilesAnnotator(experiment.output_dir, manifests, LabelSet(tuple(names), config.data.unknown_label), config.data.root)
+    return [PreparedSeed(seed, manifest, annotator) for seed, manifest in zip(config.seeds, manifests)]
 
 
 def stored_columns_needed(config: ExperimentConfig, strategies: list[str] | None = None) -> set[str]:
@@ -113,7 +181,8 @@ def stored_columns_needed(config: ExperimentConfig, strategies: list[str] | None
     if config.model.detector:
         needed.add(model_input(config.model.detector))
     for name in config.strategies if strategies is None else strategies:
-        needed |= stored_columns_for(get_strategy(name).required_columns(config.strategy_params.get(name, {})))
+        strategy = get_strategy(name)
+        needed |= stored_columns_for(strategy.required_columns(strategy.params_from(config)))
     return needed - {"image"}
 
 
@@ -127,9 +196,40 @@ def with_stored_columns(config: ExperimentConfig, seed: PreparedSeed) -> Prepare
     return dataclasses.replace(seed, manifest=manifest)
 
 
+def materialize_seeds(prepared: PreparedExperiment, log: Callable[[str], None]) -> None:
+    """An image pool's decode pass (Ray Data) and its annotator; one pool shared by every seed."""
+    from osal_ray.data import materialize_image_pool
+
+    config = prepared.config
+    manifest, report = materialize_image_pool(prepared.image_pool, prepared.output_dir / "data", prepared.output_dir, log)
+    log(f"image_pool: {report.summary()}")
+    manifests = [manifest] * len(config.seeds)
+    if oracle_kind(config) == "files":
+        prepared.seeds = _with_files_annotator(prepared, manifests)
+    else:
+        oracle = SimulatedOracle.from_truth_file(manifest, config.oracle.truth_file)
+        prepared.seeds = [PreparedSeed(seed, manifest, oracle) for seed in config.seeds]
+
+
 def run_experiment(prepared: PreparedExperiment, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every trajectory (resuming finished rounds), keep outputs current, return the summary."""
+    """Run every trajectory (resuming finished rounds) until done or waiting for labels; keep outputs
+    current; return the summary. Releases the output directory's lock when it returns."""
+    try:
+        return _run(prepared, log)
+    finally:
+        if prepared.lock is not None:
+            prepared.lock.release()
+
+
+def _run(prepared: PreparedExperiment, log: Callable[[str], None]) -> dict[str, Any]:
     config, output_dir = prepared.config, prepared.output_dir
+    if prepared.waiting is not None:
+        log(prepared.waiting)
+        summary = output_dir / "summary.json"
+        return json.loads(summary.read_text()) if summary.is_file() else {"runs": {}, "mean": {}, "std": {}}
+    if prepared.image_pool is not None:
+        materialize_seeds(prepared, log)
+    human = oracle_kind(config) == "files"
     states: dict[tuple[str, int], RunState] = {k: v for k, v in prepared.states.items() if v is not None}
     result: dict[str, Any] = {}
 
@@ -137,7 +237,7 @@ def run_experiment(prepared: PreparedExperiment, log: Callable[[str], None] = pr
         nonlocal result
         states[(state.strategy, state.seed)] = state
         log(round_row(state.strategy, state.seed, record))
-        result = write_tables(output_dir, list(states.values()))
+        result = write_tables(output_dir, list(states.values()), _catalogs(prepared))
 
     log(round_header())
     for prepared_seed in prepared.seeds:
@@ -148,17 +248,61 @@ def run_experiment(prepared: PreparedExperiment, log: Callable[[str], None] = pr
                 strategy=get_strategy(name),
                 seed=prepared_seed.seed,
                 manifest=prepared_seed.manifest,
-                oracle=prepared_seed.oracle,
+                annotator=prepared_seed.annotator,
                 run_location=run_location(config.resolved_storage(), name, prepared_seed.seed),
                 checkpoint_location=storage.join(config.resolved_storage(), "checkpoints"),
                 staging=output_dir / "staging",
                 log=log,
                 on_round=on_round,
             )
-            states[(name, prepared_seed.seed)] = run_trajectory(context, prepared.states[(name, prepared_seed.seed)])
+            states[(name, prepared_seed.seed)] = run_trajectory(context, states.get((name, prepared_seed.seed)))
             plot_curves(rounds_frame(states.values()), output_dir / "curves.png", title=config.name)
-    result = write_tables(output_dir, list(states.values()))
+    result = write_tables(output_dir, list(states.values()), _catalogs(prepared))
+    if human:
+        _publish(prepared, states, log)
     log("")
     log(summary_table(result))
     log(f"\noutputs in {output_dir}: rounds.parquet, queries.parquet, summary.json, config.yaml, curves.png")
     return result
+
+
+def _catalogs(prepared: PreparedExperiment) -> list[PoolManifest]:
+    return [seed.manifest for seed in prepared.seeds]
+
+
+def _incomplete_round(output_dir: Path) -> str | None:
+    """What is missing, when a published round still lacks labels (status.json says so too); else None."""
+    from osal_ray.annotation.files import open_round, waiting_status, write_status
+
+    round_index = open_round(output_dir)
+    if round_index is None:
+        return None
+    status = waiting_status(output_dir, round_index)
+    if not status["missing"]:
+        return None
+    write_status(output_dir, status)
+    return (f"round {round_index}: {status['missing']} of {status['queried']} queried images still need a label; "
+            f"nothing to do yet. Stage labels with: python -m osal_ray.label {output_dir} FILE.csv "
+            f"(template: {status['labels_template']})")
+
+
+def _publish(prepared: PreparedExperiment, states: dict[tuple[str, int], RunState], log: Callable[[str], None]) -> None:
+    """Close the rounds every trajectory has imported; publish the open one and say where labels go."""
+    from osal_ray.annotation.files import open_round, waiting_status, write_audit, write_status
+
+    output_dir = prepared.output_dir
+    annotator = prepared.seeds[0].annotator
+    previous = open_round(output_dir)
+    if previous is not None and all(s.pending is None or s.pending.round != previous for s in states.values()):
+        annotator.close(previous)
+    requests = [QueryRequest(s.strategy, s.seed, s.pending.round, tuple(s.pending.ids), tuple(s.pending.scores))
+                for s in states.values() if s.pending is not None]
+    write_audit(output_dir)
+    if not requests:
+        write_status(output_dir, {"state": "finished", "rounds": prepared.config.al.rounds})
+        return
+    annotator.publish(requests)
+    status = waiting_status(output_dir, requests[0].round)
+    write_status(output_dir, status)
+    log(f"\nround {status['round']}: {status['queried']} images to label. Open {status['contact_sheet']}, "
+        f"fill {status['labels_template']} and run: python -m osal_ray.label {output_dir} FILE.csv ; then run this command again")

@@ -40,13 +40,30 @@ class RoundRecord:
 
 @dataclass
 class QueryRecord:
-    """One annotation bought: which id, in which round, its strategy score and revealed label."""
+    """One queried sample: which id, in which round, its strategy score and its label.
+
+    ``label`` is the original dataset class where the truth is known (a simulated annotator), else
+    the answer: the known-class index, -1 for unknown, -2 for skipped.
+    """
 
     round: int
     id: int
     score: float
     label: int
     known: bool
+    skipped: bool = False
+
+
+@dataclass
+class PendingQuery:
+    """A selected batch whose labels are not all known yet: the first half of a round."""
+
+    round: int
+    ids: list[int]
+    scores: list[float]
+    extra: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    started_at: float = 0.0
 
 
 @dataclass
@@ -65,10 +82,31 @@ class RunState:
     rng_state: dict[str, Any] = field(default_factory=dict)
     checkpoints: dict[str, str] = field(default_factory=dict)
     carry_file: str | None = None
+    skipped_ids: list[int] = field(default_factory=list)
+    pending: PendingQuery | None = None
     version: int = STATE_VERSION
 
     def annotated_ids(self) -> np.ndarray:
+        """Every sample a person (or the oracle) has answered for: no longer a candidate."""
+        return np.asarray(self.labeled_ids + self.invalid_ids + self.skipped_ids, dtype=np.int64)
+
+    def labeled_or_invalid_ids(self) -> np.ndarray:
+        """The annotated samples the networks learn from (skipped ones are not among them)."""
         return np.asarray(self.labeled_ids + self.invalid_ids, dtype=np.int64)
+
+    def known_index(self, ids: np.ndarray) -> np.ndarray:
+        """The recorded label of annotated ``ids``: 0..K-1 for known, -1 for invalid (unknown)."""
+        lookup = dict(zip(self.labeled_ids, self.labeled_labels))
+        invalid = set(self.invalid_ids)
+        result = []
+        for i in np.asarray(ids, dtype=np.int64).tolist():
+            if i in lookup:
+                result.append(lookup[i])
+            elif i in invalid:
+                result.append(-1)
+            else:
+                raise KeyError(f"sample {i} has no recorded label")
+        return np.asarray(result, dtype=np.int64)
 
     def save(self, location: str) -> None:
         """Write the state atomically: a crash leaves the previous round's state intact."""
@@ -81,6 +119,8 @@ class RunState:
             raw = json.loads(storage.read_bytes(path))
             raw["queries"] = [QueryRecord(**q) for q in raw["queries"]]
             raw["rounds"] = [RoundRecord(**r) for r in raw["rounds"]]
+            if raw.get("pending") is not None:
+                raw["pending"] = PendingQuery(**raw["pending"])
             state = cls(**raw)
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise InputError("--output-dir", f"{path} is not a readable run state ({exc}); move it away to start over") from None
@@ -126,7 +166,7 @@ def run_settings(config: ExperimentConfig, strategy: str, seed: int) -> dict[str
     settings = {
         "strategy": strategy,
         "seed": seed,
-        "params": get_strategy(strategy).resolve_params(config.strategy_params.get(strategy, {})),
+        "params": get_strategy(strategy).resolve_params(get_strategy(strategy).params_from(config)),
         "data": {k: v for k, v in full["data"].items() if k not in DATA_LOCATION_KEYS},
         "budget": full["al"]["budget"],
         "model": full["model"],

@@ -1,8 +1,14 @@
 """One active-learning trajectory: a strategy and a seed, round after round, resumable.
 
-Round 0 trains on the initial set. Each later round scores the pool (one Ray Data pass),
-selects ``al.budget`` samples (pure numpy), reveals their labels (the oracle), retrains
-(Ray Train) and evaluates; then the state is written atomically.
+Round 0 trains on the initial set. Each later round has two halves, whoever labels:
+
+1. *select*: score the pool (one Ray Data pass), select ``al.budget`` samples (pure numpy) and
+   save them as the round's pending query (the state is written atomically);
+2. *complete*: once the annotator answers for every pending sample, apply the labels (known,
+   unknown, or skipped), retrain (Ray Train), evaluate, and write the state again.
+
+The simulated annotator answers at once, so a simulated round runs both halves back to back; a
+human-labeled trajectory stops after the first half and completes in a later invocation.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ import numpy as np
 
 from osal_ray import storage
 from osal_ray.config import ExperimentConfig
-from osal_ray.data.pool import PoolManifest, initial_ids
+from osal_ray.data.image_pool import read_absent_ids, read_initial_labels
+from osal_ray.data.pool import PoolManifest, initial_ids, read_pool_ids
 from osal_ray.experiment import metrics
 from osal_ray.experiment.networks import NetworkPlan, network_seed, plan_networks
-from osal_ray.experiment.oracle import Oracle
-from osal_ray.experiment.state import STATE_FILE, QueryRecord, RoundRecord, RunState, run_settings
+from osal_ray.experiment.oracle import SKIPPED, UNKNOWN, Annotator
+from osal_ray.experiment.state import STATE_FILE, PendingQuery, QueryRecord, RoundRecord, RunState, run_settings
 from osal_ray.scoring import context_for, score_pool
 from osal_ray.scoring.context import ScoringState, build_context
 from osal_ray.strategies import LabeledScores, PoolScores, QueryContext, Selection, Strategy
@@ -38,7 +45,7 @@ class RunContext:
     strategy: Strategy
     seed: int
     manifest: PoolManifest
-    oracle: Oracle
+    annotator: Annotator
     run_location: str
     checkpoint_location: str
     staging: Path
@@ -51,7 +58,8 @@ class RunContext:
 
 
 def run_trajectory(ctx: RunContext, state: RunState | None) -> RunState:
-    """Run (or continue) the trajectory until ``al.rounds`` rounds are finished."""
+    """Run (or continue) the trajectory until ``al.rounds`` rounds are finished, or until it waits
+    for labels (``state.pending`` is then set and the annotator has not answered yet)."""
     plans = plan_networks(ctx.config, ctx.manifest, ctx.strategy)
     state_path = storage.join(ctx.run_location, STATE_FILE)
     if state is None:
@@ -61,18 +69,26 @@ def run_trajectory(ctx: RunContext, state: RunState | None) -> RunState:
         record = _initial_round(ctx, state, plans)
         state.save(state_path)
         ctx.on_round(state, record)
-    else:
+    elif state.pending is None and state.completed_round < ctx.config.al.rounds:
         ctx.log(f"{ctx.label} resuming after round {state.completed_round}")
-    for round_index in range(state.completed_round + 1, ctx.config.al.rounds + 1):
-        record = _query_round(ctx, state, plans, round_index)
+    while True:
+        if state.pending is not None:
+            answers = ctx.annotator.answers(state.pending.round, np.asarray(state.pending.ids, dtype=np.int64))
+            if answers is None:
+                return state
+            record = _complete_round(ctx, state, plans, answers)
+            state.save(state_path)
+            ctx.on_round(state, record)
+        if state.completed_round >= ctx.config.al.rounds:
+            return state
+        _select_round(ctx, state, plans, state.completed_round + 1)
         state.save(state_path)
-        ctx.on_round(state, record)
-    return state
 
 
 def _initial_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan]) -> RoundRecord:
     ids = initial_ids(ctx.manifest)
-    known = ctx.oracle.known_index(ids)
+    given = read_initial_labels(ctx.manifest)
+    known = given if given is not None else ctx.annotator.known_index(ids)
     state.labeled_ids = ids[known >= 0].tolist()
     state.labeled_labels = known[known >= 0].tolist()
     state.invalid_ids = ids[known < 0].tolist()
@@ -87,17 +103,23 @@ def _initial_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan]) -
         n_queried=0,
         accuracy=accuracy,
         precision=math.nan,
-        recall=metrics.recall(len(state.labeled_ids), ctx.oracle.num_known),
+        recall=_recall(ctx, state),
         seconds={"train": seconds},
     )
     state.rounds.append(record)
     return record
 
 
-def _query_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], round_index: int) -> RoundRecord:
+def _recall(ctx: RunContext, state: RunState) -> float:
+    total = ctx.annotator.num_known
+    return metrics.recall(len(state.labeled_ids), total) if total is not None else math.nan
+
+
+def _select_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], round_index: int) -> None:
+    """Score the pool, select the round's batch and make it the pending query (labels not yet known)."""
     rounds = ctx.config.al.rounds
     started = time.perf_counter()
-    params = ctx.config.strategy_params.get(ctx.strategy.name, {})
+    params = ctx.strategy.params_from(ctx.config)
     columns = list(ctx.strategy.required_columns(params))
     timings: dict[str, float] = {}
     scores = score_pool(
@@ -112,11 +134,12 @@ def _query_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], rou
     )
     scored = time.perf_counter()
     annotated = np.isin(scores.ids, state.annotated_ids())
-    pool = scores.subset(~annotated)
+    candidate = ~annotated & ~np.isin(scores.ids, read_absent_ids(ctx.manifest))
+    pool = scores.subset(candidate)
     labeled = None
     if ctx.strategy.needs_labeled:
-        labeled_part = scores.subset(annotated)
-        labeled = LabeledScores(labeled_part, ctx.oracle.known_index(labeled_part.ids))
+        labeled_part = scores.subset(np.isin(scores.ids, state.labeled_or_invalid_ids()))
+        labeled = LabeledScores(labeled_part, state.known_index(labeled_part.ids))
     rng = np.random.default_rng()
     rng.bit_generator.state = state.rng_state
     context = QueryContext(
@@ -130,47 +153,65 @@ def _query_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], rou
     selection = ctx.strategy.select(pool, ctx.config.al.budget, context)
     state.carry_file = save_carry(ctx.run_location, round_index, selection.carry)
     selected = time.perf_counter()
-
     chosen = pool.ids[selection.indices]
-    labelling = time.perf_counter()
-    revealed = ctx.oracle.reveal(chosen)
-    known = ctx.oracle.known_index(chosen)
-    for query_id, score, label, k in zip(chosen.tolist(), selection.scores.tolist(), revealed.tolist(), known.tolist()):
-        state.queries.append(QueryRecord(round_index, query_id, score, label, k >= 0))
-        if k >= 0:
-            state.labeled_ids.append(query_id)
-            state.labeled_labels.append(k)
-        else:
-            state.invalid_ids.append(query_id)
-    labelled = time.perf_counter()
-    extra = selection_diagnostics(selection, pool, ctx.oracle)
+    extra = selection_diagnostics(selection, pool, ctx.annotator) if ctx.annotator.has_truth else \
+        {name: float(value) for name, value in selection.values.items()}
     extra["driver_peak_rss_mb"] = peak_rss_mb()
-    n_known = int((known >= 0).sum())
+    state.rng_state = rng.bit_generator.state
+    state.pending = PendingQuery(
+        round=round_index,
+        ids=chosen.tolist(),
+        scores=selection.scores.tolist(),
+        extra=extra,
+        seconds={"score": timings.get("score", scored - started), "gather": timings.get("gather", 0.0), "select": selected - scored},
+        started_at=time.time(),
+    )
+    extra["n_scored"] = float(len(scores))
+
+
+def _complete_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], answers: np.ndarray) -> RoundRecord:
+    """Apply the annotator's labels of the pending query, retrain, evaluate; the round is finished."""
+    pending = state.pending
+    round_index = pending.round
+    labelling = time.perf_counter()
+    chosen = np.asarray(pending.ids, dtype=np.int64)
+    original = ctx.annotator.reveal(chosen) if ctx.annotator.has_truth else answers
+    for query_id, score, label, answer in zip(chosen.tolist(), pending.scores, np.asarray(original).tolist(), answers.tolist()):
+        state.queries.append(QueryRecord(round_index, query_id, score, int(label), answer >= 0, skipped=answer == SKIPPED))
+        if answer >= 0:
+            state.labeled_ids.append(query_id)
+            state.labeled_labels.append(int(answer))
+        elif answer == UNKNOWN:
+            state.invalid_ids.append(query_id)
+        else:
+            state.skipped_ids.append(query_id)
+    labelled = time.perf_counter()
+    bought = answers != SKIPPED
+    n_known = int((answers >= 0).sum())
+    extra = dict(pending.extra)
+    n_scored = int(extra.pop("n_scored", 0))
+    if (~bought).any():
+        extra["n_skipped"] = float((~bought).sum())
     ctx.log(
-        f"{ctx.label} round {round_index}/{rounds}: scored {len(scores)} in {scored - started:.1f}s, "
-        f"queried {len(chosen)} ({n_known} known) in {selected - scored:.2f}s"
+        f"{ctx.label} round {round_index}/{ctx.config.al.rounds}: scored {n_scored} in {pending.seconds['score']:.1f}s, "
+        f"queried {len(chosen)} ({n_known} known{f', {int((~bought).sum())} skipped' if (~bought).any() else ''}) "
+        f"in {pending.seconds['select']:.2f}s"
     )
 
     accuracy, train_seconds = _train_all(ctx, state, plans, round_index)
-    state.rng_state = rng.bit_generator.state
     state.completed_round = round_index
+    state.pending = None
     record = RoundRecord(
         round=round_index,
         n_labeled_known=len(state.labeled_ids),
         n_invalid=len(state.invalid_ids),
-        budget_spent=(state.rounds[-1].budget_spent if state.rounds else 0) + len(chosen),
-        n_queried=len(chosen),
+        budget_spent=(state.rounds[-1].budget_spent if state.rounds else 0) + int(bought.sum()),
+        n_queried=int(bought.sum()),
         accuracy=accuracy,
-        precision=metrics.precision(known >= 0),
-        recall=metrics.recall(len(state.labeled_ids), ctx.oracle.num_known),
+        precision=metrics.precision(answers[bought] >= 0),
+        recall=_recall(ctx, state),
         extra=extra,
-        seconds={
-            "score": timings.get("score", scored - started),
-            "gather": timings.get("gather", 0.0),
-            "select": selected - scored,
-            "label": labelled - labelling,
-            "train": train_seconds,
-        },
+        seconds={**pending.seconds, "label": labelled - labelling, "train": train_seconds},
     )
     state.rounds.append(record)
     return record
@@ -202,7 +243,7 @@ def save_carry(run_location: str, round_index: int, carry: Mapping[str, np.ndarr
     return name
 
 
-def selection_diagnostics(selection: Selection, pool: PoolScores, oracle: Oracle) -> dict[str, float]:
+def selection_diagnostics(selection: Selection, pool: PoolScores, oracle: Annotator) -> dict[str, float]:
     """Evaluate a strategy's per-candidate diagnostics against the truth.
 
     - a float array ``x`` gives ``auroc_x``: how well it ranks known above unknown;
@@ -240,7 +281,8 @@ def _train_all(ctx: RunContext, state: RunState, plans: list[NetworkPlan], round
             continue  # a frozen network (e.g. the self-supervised encoder) is trained in round 0 only
         train = plan.train
         ids, labels = plan.training_set(
-            state.labeled_ids, state.labeled_labels, state.invalid_ids, ctx.manifest.num_known, ctx.oracle.pool_ids
+            state.labeled_ids, state.labeled_labels, state.invalid_ids, ctx.manifest.num_known,
+            lambda: np.setdiff1d(read_pool_ids(ctx.manifest), state.skipped_ids),
         )
         job = TrainJob(
             network=plan.name,

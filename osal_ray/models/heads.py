@@ -101,6 +101,48 @@ class ProjectionNetwork(HeadNetwork):
         return {"projection": torch.nn.functional.normalize(self.projection(base.embedding), dim=1)}
 
 
+class MCDropoutNetwork(HeadNetwork):
+    """Dropout before the classifier layer, trained with it on and sampled at scoring (MC dropout).
+
+    Training and the accuracy evaluation see the usual network (dropout active in training mode
+    only). ``extras["bald"]`` is the mutual information between the prediction and the dropout
+    mask (BALD, Houlsby et al. 2011; Gal et al. 2017), estimated over ``samples`` masks. The masks
+    are drawn from a fixed seed and shared by every sample of every batch: each mask is one network
+    of the dropout ensemble, and a sample's score does not depend on the batch it is scored in.
+    """
+
+    def __init__(self, backbone: FeatureNetwork, p: float = 0.5, samples: int = 20, seed: int = 0,
+                 sample_shape: tuple[int, ...] = ()) -> None:
+        super().__init__(backbone)
+        self.p, self.samples, self.seed = float(p), int(samples), int(seed)
+        self.dropout = nn.Dropout(self.p)
+
+    def forward(self, x: torch.Tensor, all_outputs: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        if all_outputs:
+            return self.forward_all(x).as_dict()
+        embedding, _ = self.backbone.forward_features(x)
+        return self.backbone.head(self.dropout(embedding))
+
+    def extras(self, base: NetworkOutput) -> dict[str, torch.Tensor]:
+        return {"bald": self.mutual_information(base.embedding)}
+
+    def masks(self, width: int, device: torch.device) -> torch.Tensor:
+        """(samples, width) inverted-dropout masks, the same for every call."""
+        generator = torch.Generator().manual_seed(self.seed)
+        keep = torch.rand(self.samples, width, generator=generator) >= self.p
+        return (keep.float() / max(1.0 - self.p, 1e-12)).to(device)
+
+    def mutual_information(self, embedding: torch.Tensor) -> torch.Tensor:
+        """H[mean_t p_t] - mean_t H[p_t] over the dropout masks, in nats, per sample."""
+        masks = self.masks(embedding.shape[1], embedding.device)
+        log_p = torch.log_softmax(self.backbone.head(embedding.unsqueeze(0) * masks.unsqueeze(1)), dim=2)  # (T, N, K)
+        p = log_p.exp()
+        expected_entropy = -(p * log_p).sum(dim=2).mean(dim=0)
+        mean_p = p.mean(dim=0)
+        entropy_of_mean = -(mean_p * torch.log(mean_p.clamp_min(1e-12))).sum(dim=1)
+        return (entropy_of_mean - expected_entropy).clamp_min(0.0)
+
+
 def _pool(feature: torch.Tensor) -> torch.Tensor:
     return feature.mean(dim=(2, 3)) if feature.dim() == 4 else feature
 
@@ -122,3 +164,4 @@ def _probe(backbone: FeatureNetwork, sample_shape: tuple[int, ...]) -> list[torc
 register_head("loss_prediction")(LossPredictionNetwork)
 register_head("ova")(OneVsAllNetwork)
 register_head("projection")(ProjectionNetwork)
+register_head("mc_dropout")(MCDropoutNetwork)

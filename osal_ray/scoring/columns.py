@@ -93,6 +93,11 @@ def _entropy(inputs: ColumnInputs) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(dim=1)
 
 
+@register_column("energy", "the classifier's energy score, logsumexp of its logits (larger: more like the known classes)", network="classifier")
+def _energy(inputs: ColumnInputs) -> torch.Tensor:
+    return torch.logsumexp(_classifier(inputs).logits, dim=1)
+
+
 @register_column("embedding", "the classifier's penultimate-layer embedding, (N, D)", network="classifier")
 def _embedding(inputs: ColumnInputs) -> torch.Tensor:
     return _classifier(inputs).embedding
@@ -117,6 +122,13 @@ def _det_known_margin(inputs: ColumnInputs) -> torch.Tensor:
 @register_column("predicted_loss", "the learning-loss module's predicted loss of the classifier", network="classifier")
 def _predicted_loss(inputs: ColumnInputs) -> torch.Tensor:
     return _classifier(inputs).extras["predicted_loss"]
+
+
+@register_column(
+    "bald", "BALD: mutual information between prediction and MC-dropout mask of the classifier (nats)", network="classifier"
+)
+def _bald(inputs: ColumnInputs) -> torch.Tensor:
+    return _classifier(inputs).extras["bald"]
 
 
 @register_column("det_embedding", "the detector's penultimate-layer embedding, (N, D)", network="detector")

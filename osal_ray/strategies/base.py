@@ -130,6 +130,14 @@ class Strategy:
     description: str = ""
     networks: Networks = field(default_factory=dict)
     check: Callable[[Mapping[str, Any]], None] | None = None
+    job_defaults: Callable[[Any], Mapping[str, Any]] | None = None
+
+    def params_from(self, config: Any) -> dict[str, Any]:
+        """This strategy's parameters in an experiment config (unresolved): what the job's
+        ``strategy_params`` give, over defaults that depend on the rest of the job (e.g. osal uses
+        CLIPN purity when the job configures CLIP weights)."""
+        derived = dict(self.job_defaults(config)) if self.job_defaults is not None else {}
+        return {**derived, **config.strategy_params.get(self.name, {})}
 
     def required_columns(self, params: Mapping[str, Any] | None = None) -> tuple[str, ...]:
         """The score columns this strategy needs with these parameters."""
@@ -188,11 +196,13 @@ def register_strategy(
     defaults: Mapping[str, Any] | None = None,
     networks: Networks | None = None,
     check: Callable[[Mapping[str, Any]], None] | None = None,
+    job_defaults: Callable[[Any], Mapping[str, Any]] | None = None,
 ) -> Callable[[SelectFn], SelectFn]:
     """Register ``fn(pool, budget, context) -> Selection``; its docstring is its description.
 
     ``networks`` says how the strategy wants networks trained (e.g. a detector with class
-    weights, a classifier with a loss-prediction head); ``check`` validates resolved parameters.
+    weights, a classifier with a loss-prediction head); ``check`` validates resolved parameters;
+    ``job_defaults(config)`` gives parameter values that follow from the rest of the job.
     """
 
     def register(fn: SelectFn) -> SelectFn:
@@ -200,7 +210,7 @@ def register_strategy(
             name,
             Strategy(
                 name, fn, columns if callable(columns) else tuple(columns), needs_labeled, dict(defaults or {}),
-                (fn.__doc__ or "").strip(), networks if networks is not None else {}, check,
+                (fn.__doc__ or "").strip(), networks if networks is not None else {}, check, job_defaults,
             ),
         )
         return fn

@@ -35,7 +35,7 @@ WEIGHTED_DETECTOR = {"detector": NetworkOptions(objective_params={"class_weights
 COMMON_DEFAULTS = {"n_jobs": None, "fit_sample_size": 50_000, "collapse_weight": 0.01, "min_separation": 2.0}
 
 
-def _check(name: str, kind: str):
+def check_mixture(name: str, kind: str):
     def check(params: Mapping[str, Any]) -> None:
         def fail(key: str, message: str) -> None:
             raise InputError(f"strategy_params.{name}.{key}", message)
@@ -69,7 +69,7 @@ def _check(name: str, kind: str):
     return check
 
 
-def _probabilities(pool: PoolScores, context: QueryContext, kind: str) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+def mixture_probability(pool: PoolScores, context: QueryContext, kind: str) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     params = context.params
     option_keys = LFOSA_GMM_OPTIONS if kind == "gmm" else BGMM_DEFAULT_OPTIONS
     settings = MixtureSettings(kind, {k: params[k] for k in option_keys}, params["fit_sample_size"],
@@ -84,8 +84,9 @@ def _probabilities(pool: PoolScores, context: QueryContext, kind: str) -> tuple[
 
 
 def _finish(pool: PoolScores, budget: int, chosen: np.ndarray, scores: np.ndarray, candidates: np.ndarray,
-            probability: np.ndarray, values: dict[str, float], marks: dict[str, np.ndarray]) -> Selection:
-    extra = top_k(pool["det_known_margin"], budget - len(chosen), np.flatnonzero(~candidates))
+            probability: np.ndarray, values: dict[str, float], marks: dict[str, np.ndarray],
+            rng: np.random.Generator) -> Selection:
+    extra = top_k(pool["det_known_margin"], budget - len(chosen), np.flatnonzero(~candidates), rng=rng)
     values["n_filled"] = float(len(extra))
     return Selection(
         np.concatenate([chosen, extra]),
@@ -97,7 +98,7 @@ def _finish(pool: PoolScores, budget: int, chosen: np.ndarray, scores: np.ndarra
 
 @register_strategy(
     "lfosa", columns=DETECTOR_COLUMNS, defaults={**COMMON_DEFAULTS, **LFOSA_GMM_OPTIONS},
-    check=_check("lfosa", "gmm"),
+    check=check_mixture("lfosa", "gmm"),
 )
 def lfosa(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     """LfOSA: per-class GaussianMixture on MAVs; the b candidates most likely known."""
@@ -105,34 +106,34 @@ def lfosa(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
 
 
 def _most_likely_known(pool: PoolScores, budget: int, context: QueryContext, kind: str) -> Selection:
-    probability, candidates, values = _probabilities(pool, context, kind)
-    chosen = top_k(probability, budget, np.flatnonzero(candidates))
-    return _finish(pool, budget, chosen, probability[chosen], candidates, probability, values, {})
+    probability, candidates, values = mixture_probability(pool, context, kind)
+    chosen = top_k(probability, budget, np.flatnonzero(candidates), tiebreak=pool["det_mav"], rng=context.rng)
+    return _finish(pool, budget, chosen, probability[chosen], candidates, probability, values, {}, context.rng)
 
 
 @register_strategy(
     "jsosal", columns=DETECTOR_COLUMNS + ("entropy",),
     defaults={**COMMON_DEFAULTS, **BGMM_DEFAULT_OPTIONS, "a": None, "a_multiple": 2.0},
-    networks=WEIGHTED_DETECTOR, check=_check("jsosal", "bgmm"),
+    networks=WEIGHTED_DETECTOR, check=check_mixture("jsosal", "bgmm"),
 )
 def jsosal(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     """JSOSAL: per-class Bayesian mixture on MAVs; keep the top-a most likely known, query the b of highest entropy."""
-    probability, candidates, values = _probabilities(pool, context, "bgmm")
+    probability, candidates, values = mixture_probability(pool, context, "bgmm")
     params = context.params
     a = params["a"] if params["a"] is not None else math.ceil(params["a_multiple"] * budget)
     a = max(int(a), budget)
-    kept = top_k(probability, a, np.flatnonzero(candidates))
+    kept = top_k(probability, a, np.flatnonzero(candidates), tiebreak=pool["det_mav"], rng=context.rng)
     entropy = np.asarray(pool["entropy"])
-    chosen = kept[top_k(entropy[kept], budget)]
+    chosen = kept[top_k(entropy[kept], budget, rng=context.rng)]
     top_a = np.zeros(len(pool), dtype=bool)
     top_a[kept] = True
     values["a"] = float(a)
-    return _finish(pool, budget, chosen, entropy[chosen], candidates, probability, values, {"top_a": top_a})
+    return _finish(pool, budget, chosen, entropy[chosen], candidates, probability, values, {"top_a": top_a}, context.rng)
 
 
 @register_strategy(
     "jsosal_no_entropy", columns=DETECTOR_COLUMNS, defaults={**COMMON_DEFAULTS, **BGMM_DEFAULT_OPTIONS},
-    networks=WEIGHTED_DETECTOR, check=_check("jsosal_no_entropy", "bgmm"),
+    networks=WEIGHTED_DETECTOR, check=check_mixture("jsosal_no_entropy", "bgmm"),
 )
 def jsosal_no_entropy(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     """JSOSAL without the entropy step (the paper's Figure 4 ablation): top-b by Bayesian-mixture probability."""

@@ -16,18 +16,30 @@ def inverse_frequency_weights(labels: np.ndarray, num_classes: int) -> np.ndarra
     return weights
 
 
+# How a class-weighted batch loss is averaged (``detector.class_weight_reduction``).
+WEIGHT_REDUCTIONS = ("weighted_mean", "mean")
+
+
 def temperature_cross_entropy(
     logits: torch.Tensor,
     targets: torch.Tensor,
     temperature: float = 1.0,
     class_weights: torch.Tensor | None = None,
+    reduction: str = "weighted_mean",
 ) -> torch.Tensor:
-    """Cross-entropy of softmax(logits / T).
+    """Cross-entropy of softmax(logits / T), optionally class-weighted.
 
-    With class weights the batch loss is sum_i w_{y_i} CE_i / sum_i w_{y_i} (PyTorch's
-    convention): the weights change the balance between classes, not the learning rate.
+    With class weights, ``weighted_mean`` gives sum_i w_{y_i} CE_i / sum_i w_{y_i} (PyTorch's
+    convention: the weights change the balance between classes, not the step size) and ``mean``
+    gives (1/B) sum_i w_{y_i} CE_i, JSOSAL's Eq. 1 averaged over the batch: with w_c = N / n_c the
+    mean weight is the number of classes present, so the step is that many times larger.
     """
-    return F.cross_entropy(logits / temperature, targets, weight=class_weights)
+    if class_weights is None or reduction == "weighted_mean":
+        return F.cross_entropy(logits / temperature, targets, weight=class_weights)
+    if reduction != "mean":
+        raise ValueError(f"unknown class-weight reduction {reduction!r}; allowed: {', '.join(WEIGHT_REDUCTIONS)}")
+    per_sample = F.cross_entropy(logits / temperature, targets, reduction="none")
+    return (class_weights[targets] * per_sample).mean()
 
 
 def ranking_loss(predicted: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:

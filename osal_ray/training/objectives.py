@@ -50,13 +50,14 @@ class CrossEntropy(Objective):
     def __init__(self, params, num_outputs, labels, device, generator) -> None:
         super().__init__(params, num_outputs, labels, device, generator)
         self.temperature = float(self.params.get("temperature", 1.0))
+        self.reduction = str(self.params.get("class_weight_reduction", "weighted_mean"))
         self.weights = None
         if self.params.get("class_weights", "none") == "inverse_frequency":
             weights = inverse_frequency_weights(labels, num_outputs)
             self.weights = torch.tensor(weights, dtype=torch.float32, device=device)
 
     def loss(self, model, x, y, index):
-        return temperature_cross_entropy(model(x), y, self.temperature, self.weights)
+        return temperature_cross_entropy(model(x), y, self.temperature, self.weights, self.reduction)
 
 
 @register_objective("learning_loss")

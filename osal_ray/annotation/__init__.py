@@ -1,0 +1,1 @@
+"""Human annotators: label files, the ``files`` annotator's round folders, staged labels."""

@@ -1,0 +1,248 @@
+"""The ``files`` annotator: queries go out as files people open, labels come back as CSV files.
+
+After selection a round writes ``<output>/annotation/round_NNN/`` (NNN: the query round, 001
+first) with ``queries.csv`` (rank, key, path, score, strategy, seed), ``contact_sheet.html``
+(the queried images as thumbnails, inlined, so it opens offline), ``labels_template.csv``
+(key,label with the label empty) and ``request.json`` (what ``osal_ray.label`` checks against),
+and ``<output>/status.json`` says the run waits for labels. ``python -m osal_ray.label`` stages
+label files into the round (``annotation.labels``); the next run imports them once every
+queried key has a label.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from osal_ray.annotation.labels import SKIP, LabelSet, merged_labels, staged_submissions
+from osal_ray.data.pool import PoolManifest, read_catalog
+from osal_ray.errors import InputError
+from osal_ray.experiment.oracle import Annotator, QueryRequest
+
+ANNOTATION_DIR = "annotation"
+STATUS_FILE = "status.json"
+LABELS_FILE = "labels.parquet"
+REQUEST_FILE = "request.json"
+CLOSED_FILE = "closed.json"
+
+
+def round_dir(output_dir: Path, round_index: int) -> Path:
+    return output_dir / ANNOTATION_DIR / f"round_{round_index:03d}"
+
+
+def open_round(output_dir: Path) -> int | None:
+    """The round waiting for labels (published, not yet imported), or None."""
+    rounds = sorted(p for p in (output_dir / ANNOTATION_DIR).glob("round_[0-9][0-9][0-9]") if (p / REQUEST_FILE).is_file())
+    open_ = [p for p in rounds if not (p / CLOSED_FILE).is_file()]
+    return int(open_[-1].name.split("_")[1]) if open_ else None
+
+
+def read_request(output_dir: Path, round_index: int) -> dict:
+    return json.loads((round_dir(output_dir, round_index) / REQUEST_FILE).read_text(encoding="utf-8"))
+
+
+def write_status(output_dir: Path, status: dict) -> None:
+    """``status.json``: what the run is doing or waiting for (written atomically)."""
+    _write_text(output_dir / STATUS_FILE, json.dumps({**status, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
+
+
+def round_progress(output_dir: Path, round_index: int) -> tuple[dict[str, str], list[str]]:
+    """(staged labels by key, keys still missing) of a round."""
+    request = read_request(output_dir, round_index)
+    labels = merged_labels(round_dir(output_dir, round_index))
+    keys = list(dict.fromkeys(q["key"] for q in request["queries"]))
+    return {k: labels[k] for k in keys if k in labels}, [k for k in keys if k not in labels]
+
+
+def waiting_status(output_dir: Path, round_index: int) -> dict:
+    """The ``status.json`` content of a round that waits for labels."""
+    labeled, missing = round_progress(output_dir, round_index)
+    folder = round_dir(output_dir, round_index)
+    return {
+        "state": "waiting_for_labels", "round": round_index, "queried": len(labeled) + len(missing),
+        "labeled": len(labeled), "missing": len(missing), "annotation_dir": str(folder),
+        "contact_sheet": str(folder / "contact_sheet.html"), "labels_template": str(folder / "labels_template.csv"),
+        "allowed_labels": read_request(output_dir, round_index)["allowed_labels"],
+    }
+
+
+class FilesAnnotator(Annotator):
+    """People label from the annotation folder; answers come from the staged label files."""
+
+    kind = "files"
+
+    def __init__(self, output_dir: Path, manifests: list[PoolManifest], labels: LabelSet, data_root: str | None) -> None:
+        self.output_dir = output_dir
+        self.labels = labels
+        self.data_root = Path(data_root) if data_root else None
+        self.manifests = manifests
+        self.catalog: dict[int, tuple[str, str | None]] = {}
+        for manifest in manifests:
+            self.catalog.update(read_catalog(manifest))
+
+    def keys_of(self, ids: np.ndarray) -> list[str]:
+        return [self.catalog[int(i)][0] for i in ids]
+
+    def answers(self, round_index: int, ids: np.ndarray) -> np.ndarray | None:
+        folder = round_dir(self.output_dir, round_index)
+        if not (folder / REQUEST_FILE).is_file():
+            return None
+        staged = merged_labels(folder)
+        keys = self.keys_of(ids)
+        if any(k not in staged for k in keys):
+            return None
+        return np.asarray([self.labels.answer(staged[k]) for k in keys], dtype=np.int64)
+
+    def publish(self, requests: list[QueryRequest]) -> None:
+        """Write the round's folder once (a rerun keeps it, and every label staged into it)."""
+        rounds = sorted({r.round for r in requests})
+        if len(rounds) != 1:
+            trajectories = ", ".join(f"{r.strategy} seed {r.seed}: round {r.round}" for r in requests)
+            raise InputError("strategies", f"a human-labeled run keeps every trajectory at the same round, but {trajectories}; "
+                                           "run strategies or seeds added later in another --output-dir")
+        round_index = rounds[0]
+        folder = round_dir(self.output_dir, round_index)
+        queries = []
+        for request in requests:
+            for rank, (sample, score) in enumerate(zip(request.ids, request.scores), start=1):
+                key, path = self.catalog[int(sample)]
+                queries.append({"rank": rank, "key": key, "path": path, "id": int(sample), "score": _finite(score),
+                                "strategy": request.strategy, "seed": request.seed})
+        if (folder / REQUEST_FILE).is_file():
+            published = {(q["key"], q["strategy"], q["seed"]) for q in read_request(self.output_dir, round_index)["queries"]}
+            if published != {(q["key"], q["strategy"], q["seed"]) for q in queries}:
+                raise RuntimeError(f"{folder} was published with other queries than this run selects; refusing to mix them")
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        self._write_queries_csv(folder, queries)
+        unique = list(dict.fromkeys((q["key"], q["path"], q["id"]) for q in queries))
+        _write_text(folder / "labels_template.csv", "key,label\n" + "".join(f"{key},\n" for key, _, _ in unique))
+        _write_text(folder / "contact_sheet.html", self._contact_sheet(round_index, queries))
+        request = {"round": round_index, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                   "class_names": list(self.labels.class_names), "unknown_label": self.labels.unknown_label,
+                   "allowed_labels": self.labels.allowed(), "queries": queries}
+        _write_text(folder / REQUEST_FILE, json.dumps(request, indent=1))  # last: it marks the round published
+
+    def close(self, round_index: int) -> None:
+        """Mark a round imported: its labels are in every trajectory's state."""
+        folder = round_dir(self.output_dir, round_index)
+        if (folder / REQUEST_FILE).is_file() and not (folder / CLOSED_FILE).is_file():
+            _write_text(folder / CLOSED_FILE, json.dumps({"imported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+
+    def _write_queries_csv(self, folder: Path, queries: list[dict]) -> None:
+        tmp = folder / ".queries.csv.tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["rank", "key", "path", "score", "strategy", "seed"])
+            for q in queries:
+                writer.writerow([q["rank"], q["key"], q["path"] or "", "" if q["score"] is None else f"{q['score']:.6g}", q["strategy"], q["seed"]])
+        os.replace(tmp, folder / "queries.csv")
+
+    def image_bytes(self, sample: int) -> bytes:
+        """The PNG (or original file) bytes shown for a sample: its file under the data root if it
+        has one, else the pool's stored image."""
+        from osal_ray.data.image_files import thumbnail_png
+
+        key, path = self.catalog[int(sample)]
+        if path and self.data_root is not None and (self.data_root / path).is_file():
+            try:
+                return thumbnail_png((self.data_root / path).read_bytes())
+            except Exception:  # noqa: BLE001  (an image that decoded once may have been replaced by garbage)
+                pass
+        return _pool_image_png(self.manifests, int(sample))
+
+    def _contact_sheet(self, round_index: int, queries: list[dict]) -> str:
+        cards = []
+        for sample in dict.fromkeys(q["id"] for q in queries):
+            mine = [q for q in queries if q["id"] == sample]
+            first = mine[0]
+            picture = base64.b64encode(self.image_bytes(sample)).decode()
+            asked = "; ".join(f"#{q['rank']} {html.escape(q['strategy'])} seed {q['seed']}" for q in mine)
+            cards.append(
+                f'<figure><img src="data:image/png;base64,{picture}" alt="{html.escape(first["key"])}">'
+                f'<figcaption><b>{html.escape(asked)}</b><br><code>{html.escape(first["key"][:16])}</code><br>'
+                f'{html.escape(first["path"] or "")}</figcaption></figure>'
+            )
+        allowed = ", ".join(f"<code>{html.escape(v)}</code>" for v in self.labels.allowed())
+        return (
+            "<!doctype html><html><head><meta charset='utf-8'>"
+            f"<title>osal_ray round {round_index}: {len(cards)} images to label</title><style>"
+            "body{font-family:sans-serif;margin:1.5em} .grid{display:flex;flex-wrap:wrap;gap:12px}"
+            "figure{margin:0;width:180px;border:1px solid #ccc;padding:6px;border-radius:4px}"
+            "img{width:168px;height:168px;object-fit:contain;image-rendering:pixelated;background:#eee}"
+            "figcaption{font-size:11px;word-break:break-all}</style></head><body>"
+            f"<h1>Round {round_index}: {len(cards)} images to label</h1>"
+            f"<p>Fill <code>labels_template.csv</code> (columns <code>key,label</code>) with one of {allowed} "
+            f"(<code>{SKIP}</code>: the image is unusable), then run <code>python -m osal_ray.label OUTPUT_DIR FILE.csv</code>.</p>"
+            f"<div class='grid'>{''.join(cards)}</div></body></html>"
+        )
+
+
+def _pool_image_png(manifests: list[PoolManifest], sample: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    from osal_ray.data.pool import decode_images, pool_paths, read_table
+
+    for manifest in manifests:
+        table = read_table(pool_paths(manifest), ["image"], np.array([sample]))
+        if table.num_rows:
+            image = decode_images(table.column("image"), manifest)[0]
+            picture = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
+            factor = max(1, 96 // max(picture.size))
+            picture = picture.resize((picture.size[0] * factor, picture.size[1] * factor), Image.NEAREST)
+            out = io.BytesIO()
+            picture.save(out, format="PNG")
+            return out.getvalue()
+    raise KeyError(f"sample {sample} is in no pool")
+
+
+def audit_rows(output_dir: Path) -> list[dict]:
+    """Every staged label of every round: the audit trail ``labels.parquet`` is written from."""
+    rows = []
+    for folder in sorted((output_dir / ANNOTATION_DIR).glob("round_[0-9][0-9][0-9]")):
+        if not (folder / REQUEST_FILE).is_file():
+            continue
+        paths = {q["key"]: q["path"] for q in json.loads((folder / REQUEST_FILE).read_text(encoding="utf-8"))["queries"]}
+        round_index = int(folder.name.split("_")[1])
+        for submission in staged_submissions(folder):
+            for item in submission["labels"]:
+                rows.append({"key": item["key"], "path": paths.get(item["key"]), "label": item["label"], "round": round_index,
+                             "source_file": submission["source"], "source_row": item["row"], "staged_file": submission["file"],
+                             "staged_at": submission["staged_at"]})
+    return rows
+
+
+def write_audit(output_dir: Path) -> None:
+    """Rewrite ``labels.parquet`` from the staged files (they, not it, are the record)."""
+    import io
+
+    import pandas as pd
+
+    columns = ["key", "path", "label", "round", "source_file", "source_row", "staged_file", "staged_at"]
+    frame = pd.DataFrame(audit_rows(output_dir), columns=columns)
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    _write_bytes(output_dir / LABELS_FILE, buffer.getvalue())
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+def _write_text(path: Path, text: str) -> None:
+    _write_bytes(path, text.encode("utf-8"))
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    from osal_ray import storage
+
+    storage.write_bytes(path, data)

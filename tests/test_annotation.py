@@ -1,0 +1,255 @@
+"""People as the annotator: rounds published as files, labels staged from CSV files, imported by the next run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import config_with
+from osal_ray import label as label_cli
+from osal_ray.errors import InputError
+from osal_ray.examples.image_pool import write_example
+from osal_ray.experiment import prepare_experiment, run_experiment
+from osal_ray.experiment import trajectory as trajectory_module
+from osal_ray.experiment.state import RunState
+
+pytestmark = pytest.mark.ray
+QUIET = dict(log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("example") / "pool"
+    write_example(directory, pool_size=150, labeled_per_class=4, test_per_class=10, source="digits")
+    return directory
+
+
+def _config(root: Path, out: Path, **overrides):
+    raw = {
+        "name": "pool-test", "seeds": [0], "strategies": ["random", "osal"], "output_dir": str(out),
+        "data": {"dataset": "image_pool", "root": str(root), "image_size": 8},
+        "al": {"rounds": 2, "budget": 10}, "train": {"epochs": 5, "num_workers": 0},
+    }
+    return config_with(raw, overrides)
+
+
+def _run(config):
+    prepared = prepare_experiment(config, **QUIET)
+    return prepared, run_experiment(prepared, **QUIET)
+
+
+def _truth(root: Path) -> dict[str, str]:
+    with open(root / "truth.csv", newline="") as handle:
+        return {row["path"]: row["label"] for row in csv.DictReader(handle)}
+
+
+def _write_labels(path: Path, rows: list[tuple[str, str]], header: str = "key,label") -> Path:
+    path.write_text(header + "\n" + "".join(f"{a},{b}\n" for a, b in rows), encoding="utf-8")
+    return path
+
+
+def _open_queries(out: Path, round_index: int) -> list[dict]:
+    with open(out / "annotation" / f"round_{round_index:03d}" / "queries.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _label_round(out: Path, root: Path, round_index: int, tmp: Path) -> None:
+    truth = _truth(root)
+    keys = {row["key"]: truth[row["path"]] for row in _open_queries(out, round_index)}
+    assert label_cli.main([str(out), str(_write_labels(tmp / f"r{round_index}.csv", sorted(keys.items())))]) == 0
+
+
+def test_a_files_run_waits_for_labels_and_imports_them(ray_session, example, tmp_path, capsys):
+    out = tmp_path / "run"
+    _run(_config(example, out))
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "waiting_for_labels" and status["round"] == 1
+    folder = out / "annotation" / "round_001"
+    queries = _open_queries(out, 1)
+    assert [c for c in queries[0]] == ["rank", "key", "path", "score", "strategy", "seed"]
+    assert {q["strategy"] for q in queries} == {"random", "osal"}
+    keys = sorted({q["key"] for q in queries})
+    assert status["missing"] == len(keys) and status["queried"] == len(keys)
+    template = (folder / "labels_template.csv").read_text().splitlines()
+    assert template[0] == "key,label" and sorted(line.rstrip(",") for line in template[1:]) == keys
+    sheet = (folder / "contact_sheet.html").read_text()
+    assert len(re.findall(r'<img src="data:image/png;base64,', sheet)) == len(keys)
+
+    truth = _truth(example)
+    by_key = {q["key"]: q for q in queries}
+    answers = [(k, truth[by_key[k]["path"]]) for k in keys]
+    # Half now (by path), the rest later (by key): partial files are merged.
+    first = _write_labels(tmp_path / "first.csv", [(by_key[k]["path"], v) for k, v in answers[:5]], header="path,label")
+    assert label_cli.main([str(out), str(first)]) == 0
+    assert json.loads((out / "status.json").read_text())["missing"] == len(keys) - 5
+    prepared = prepare_experiment(_config(example, out), **QUIET)
+    assert prepared.waiting is not None and "still need a label" in prepared.waiting
+    run_experiment(prepared, **QUIET)  # nothing to do: no state changes
+    assert RunState.load(out / "runs" / "osal" / "seed_0" / "state.json").pending.round == 1
+
+    rest = _write_labels(tmp_path / "rest.csv", answers[5:])
+    assert label_cli.main([str(out), str(rest)]) == 0
+    assert "complete" in capsys.readouterr().out
+    _run(_config(example, out))
+    status = json.loads((out / "status.json").read_text())
+    assert status["round"] == 2 and (out / "annotation" / "round_001" / "closed.json").is_file()
+
+    audit = pd.read_parquet(out / "labels.parquet")
+    assert sorted(audit["key"]) == keys and set(audit["round"]) == {1}
+    assert set(audit["source_file"]) == {str(first.resolve()), str(rest.resolve())}
+    queries_table = pd.read_parquet(out / "queries.parquet")
+    assert set(queries_table["key"]) == set(keys) and queries_table["path"].notna().all()
+    rounds = pd.read_parquet(out / "rounds.parquet")
+    round_1 = rounds[rounds["round"] == 1]
+    assert round_1["recall"].isna().all()  # no ground truth
+    for strategy, row in round_1.set_index("strategy").iterrows():
+        mine = queries_table[queries_table["strategy"] == strategy]
+        assert row["precision"] == pytest.approx(mine["known"].mean())
+    assert rounds["accuracy"].between(0, 1).all()  # test/ gives accuracy
+
+    _label_round(out, example, 2, tmp_path)
+    _run(_config(example, out))
+    assert json.loads((out / "status.json").read_text())["state"] == "finished"
+    assert label_cli.main([str(out), str(rest)]) == 2  # nothing is open any more
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("key,label\n{key},not_a_class\n", "is not one of"),
+    ("key,label\nffff0000,unknown\n", "was not queried in the open round"),
+    ("path,label\nunlabeled/nowhere.png,unknown\n", "was not queried in the open round"),
+    ("key,label\n{key},unknown\n{key},skip\n", "labeled 'skip' here and 'unknown' in row 1"),
+    ("key,class\n{key},unknown\n", "must name a label column"),
+    ("", "empty"),
+    (b"key,label\n\xff\xfe,unknown\n", "not UTF-8"),
+    ("key,label\n{key},unknown\n{other},nonsense\n", "row 2"),
+])
+def test_bad_label_files_are_refused_and_stage_nothing(ray_session, example, tmp_path, content, problem, capsys):
+    out = tmp_path / "run"
+    _run(_config(example, out, strategies=["random"]))
+    keys = [q["key"] for q in _open_queries(out, 1)]
+    path = tmp_path / "bad.csv"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content.format(key=keys[0], other=keys[1]), encoding="utf-8")
+    before = (out / "status.json").read_text()
+    assert label_cli.main([str(out), str(path)]) == 2
+    assert problem in capsys.readouterr().err
+    assert not (out / "annotation" / "round_001" / "staged").exists() or not any((out / "annotation" / "round_001" / "staged").iterdir())
+    assert (out / "status.json").read_text() == before
+
+
+def test_skipped_images_leave_the_pool_and_cost_no_budget(ray_session, example, tmp_path):
+    out = tmp_path / "run"
+    _run(_config(example, out, strategies=["random"], **{"al.rounds": 1}))
+    truth = _truth(example)
+    queries = _open_queries(out, 1)
+    rows = [(q["key"], "skip" if i < 3 else truth[q["path"]]) for i, q in enumerate(queries)]
+    assert label_cli.main([str(out), str(_write_labels(tmp_path / "l.csv", rows))]) == 0
+    _run(_config(example, out, strategies=["random"], **{"al.rounds": 1}))
+    state = RunState.load(out / "runs" / "random" / "seed_0" / "state.json")
+    assert len(state.skipped_ids) == 3 and state.rounds[-1].budget_spent == 7 and state.rounds[-1].n_queried == 7
+    assert not set(state.skipped_ids) & set(state.labeled_ids + state.invalid_ids)
+    assert pd.read_parquet(out / "queries.parquet")["skipped"].sum() == 3
+
+
+def test_files_labels_from_the_truth_make_the_queries_of_the_simulated_run(ray_session, example, tmp_path):
+    """One loop for both annotators: a script that labels from the truth reproduces the simulated run."""
+    simulated = tmp_path / "simulated"
+    _run(_config(example, simulated, **{"oracle.kind": "simulated", "oracle.truth_file": str(example / "truth.csv")}))
+    files = tmp_path / "files"
+    for round_index in (1, 2):
+        _run(_config(example, files))
+        _label_round(files, example, round_index, tmp_path)
+    _run(_config(example, files))
+    columns = ["strategy", "seed", "round", "id", "key", "score", "known", "skipped"]
+    a = pd.read_parquet(simulated / "queries.parquet")[columns].sort_values(["strategy", "round", "id"]).reset_index(drop=True)
+    b = pd.read_parquet(files / "queries.parquet")[columns].sort_values(["strategy", "round", "id"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    ra, rb = (pd.read_parquet(d / "rounds.parquet") for d in (simulated, files))
+    for column in ("n_labeled_known", "n_invalid", "budget_spent", "accuracy", "precision"):
+        np.testing.assert_allclose(ra[column], rb[column])
+
+
+def test_a_kill_while_importing_loses_no_label(ray_session, example, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _run(_config(example, out, strategies=["random"]))
+    _label_round(out, example, 1, tmp_path)
+    real = trajectory_module._train_all
+
+    def killed(ctx, state, plans, round_index):
+        raise KeyboardInterrupt("killed while training on the imported labels")
+
+    monkeypatch.setattr(trajectory_module, "_train_all", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _run(_config(example, out, strategies=["random"]))
+    state = RunState.load(out / "runs" / "random" / "seed_0" / "state.json")
+    assert state.pending is not None and state.completed_round == 0  # the import was not half-written
+    monkeypatch.setattr(trajectory_module, "_train_all", real)
+    _run(_config(example, out, strategies=["random"]))
+    state = RunState.load(out / "runs" / "random" / "seed_0" / "state.json")
+    assert state.completed_round == 1 and len(state.labeled_ids) + len(state.invalid_ids) == 16 + 10
+
+
+def test_images_added_mid_run_join_the_pool(ray_session, example, tmp_path):
+    import shutil
+
+    root = tmp_path / "pool"
+    shutil.copytree(example, root)
+    out = tmp_path / "run"
+    first, _ = _run(_config(root, out, strategies=["random"]))
+    before = first.seeds[0].manifest.num_pool
+    from PIL import Image
+
+    (root / "unlabeled" / "later").mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((8, 8), 20 * i + 3, np.uint8)).save(root / "unlabeled" / "later" / f"{i}.png")
+    _label_round(out, root, 1, tmp_path)
+    second, _ = _run(_config(root, out, strategies=["random"]))
+    assert second.seeds[0].manifest.num_pool == before + 5
+
+
+def test_a_second_run_on_a_directory_in_use_is_refused(tmp_path):
+    """Two processes: the second refuses at once, exit 2, naming the holder; free again afterwards."""
+    import subprocess
+    import sys
+
+    from osal_ray.lock import OutputLock
+
+    out = tmp_path / "o"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from osal_ray.lock import OutputLock; "
+                               f"lock = OutputLock.acquire(Path({str(out)!r})); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        second = subprocess.run([sys.executable, "-m", "osal_ray.run", "--set", "strategies=[random]", "--output-dir", str(out)],
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert f"in use by pid {holder.pid}" in second.stderr and "since" in second.stderr
+        assert not (out / "config.yaml").exists()  # refused before writing anything
+    finally:
+        holder.kill()
+        holder.wait()
+    OutputLock.acquire(out).release()  # the dead holder's lock is taken over
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
+    import socket
+
+    from osal_ray.lock import LOCK_FILE, OutputLock
+
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname(), "started": "then"}))
+    with OutputLock.acquire(tmp_path) as lock:
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] != 2**22 + 12345
+    assert not (tmp_path / LOCK_FILE).exists() and not lock.held
+
+
+def test_simulated_image_pool_needs_a_truth_file(example, tmp_path):
+    with pytest.raises(InputError, match="oracle.truth_file"):
+        prepare_experiment(_config(example, tmp_path / "o", **{"oracle.kind": "simulated"}), **QUIET)
