@@ -7,6 +7,7 @@ Loading checks shapes and types (an unknown key or a wrong type names its dotted
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -297,14 +298,25 @@ def _coerce(annotation: Any, value: Any, path: str) -> Any:
             raise InputError(path, f"expected an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):
+            value = _number_from_text(value, path)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(path, f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise InputError(path, f"expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
             raise InputError(path, f"expected a string, got {value!r}")
         return value
     raise TypeError(f"unsupported config annotation {annotation!r} at {path}")
+
+
+def _number_from_text(text: str, path: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise InputError(path, f"expected a number, got {text!r}") from None
 
 
 def _describe(annotation: Any) -> str:

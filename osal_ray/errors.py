@@ -10,3 +10,14 @@ class InputError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class TrainingDiverged(InputError):
+    """A network's loss or outputs became non-finite (NaN or infinity): usually a learning rate too high.
+
+    Raised with the network, the round and what was seen; the run state stays at the last good round.
+    """
+
+
+# The marker a training worker's error carries, so that the driver recognises it through Ray's wrapping.
+NON_FINITE_MARKER = "osal_ray: non-finite training loss"

@@ -23,26 +23,27 @@ def join(location: str | Path, *parts: str) -> str:
     return "/".join([str(location).rstrip("/"), *parts]) if is_uri(location) else str(Path(location, *parts))
 
 
-def _resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
+def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem of ``location`` and the path within it."""
     if is_uri(location):
         return pafs.FileSystem.from_uri(str(location))
     return pafs.LocalFileSystem(), str(Path(location).resolve())
 
 
 def exists(location: str | Path) -> bool:
-    filesystem, path = _resolve(location)
+    filesystem, path = resolve(location)
     return filesystem.get_file_info(path).type == pafs.FileType.File
 
 
 def read_bytes(location: str | Path) -> bytes:
-    filesystem, path = _resolve(location)
+    filesystem, path = resolve(location)
     with filesystem.open_input_stream(path) as stream:
         return stream.read()
 
 
 def write_bytes(location: str | Path, data: bytes) -> None:
     """Write ``data`` so that a reader sees the old or the new content, never a mix."""
-    filesystem, path = _resolve(location)
+    filesystem, path = resolve(location)
     parent = path.rsplit("/", 1)[0]
     filesystem.create_dir(parent, recursive=True)
     if isinstance(filesystem, pafs.LocalFileSystem):
@@ -59,7 +60,7 @@ def write_bytes(location: str | Path, data: bytes) -> None:
 
 def upload_directory(local: str | Path, location: str | Path) -> None:
     """Copy a local directory's files to ``location`` (a path or URI), creating it first."""
-    filesystem, path = _resolve(location)
+    filesystem, path = resolve(location)
     filesystem.create_dir(path, recursive=True)
     pafs.copy_files(str(Path(local).resolve()), path, destination_filesystem=filesystem)
 

@@ -11,6 +11,7 @@ import torch
 
 from osal_ray.clip.loading import (
     LoadReport,
+    check_clipn_weights,
     clipn_state_dict_from_clip,
     clipn_tokenizer,
     create_clipn,
@@ -169,19 +170,31 @@ def test_clipn_checkpoint_round_trips(tmp_path: Path) -> None:
     assert not loaded.training
 
 
-def test_missing_and_unexpected_keys_are_reported(tmp_path: Path) -> None:
+def test_unexpected_keys_are_reported_and_missing_ones_refused(tmp_path: Path) -> None:
     _, path = _write_clipn(tmp_path)
     raw = torch.load(path, weights_only=True)
-    del raw["state_dict"]["module.ln_final_no.bias"]
     raw["state_dict"]["module.extra_head.weight"] = torch.zeros(3)
     torch.save(raw, path)
-    with pytest.warns(UserWarning) as record:
+    with pytest.warns(UserWarning, match="match no model parameter"):
         _, report = create_clipn("tiny", model_config=TINY, checkpoint=str(path))
-    messages = " | ".join(str(w.message) for w in record)
-    assert "not in the checkpoint" in messages and "match no model parameter" in messages
-    assert report.missing_keys == ["ln_final_no.bias"]
-    assert report.unexpected_keys == ["extra_head.weight"]
-    assert len(report.warnings) == 2
+    assert report.missing_keys == [] and report.unexpected_keys == ["extra_head.weight"]
+    del raw["state_dict"]["module.ln_final_no.bias"]
+    torch.save(raw, path)
+    for check in (create_clipn, check_clipn_weights):  # at load time, and before Ray
+        with pytest.raises(InputError, match=r"leaves 1 of the .* tensors uninitialised \(e.g. ln_final_no.bias\)"):
+            check("tiny", model_config=TINY, checkpoint=str(path))
+
+
+def test_a_checkpoint_of_another_model_is_refused_before_ray(tmp_path: Path) -> None:
+    """A small network's state_dict once ran for minutes with a randomly initialised CLIPN."""
+    torch.save(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(InputError, match="uninitialised"):
+        check_clipn_weights("tiny", model_config=TINY, checkpoint=str(tmp_path / "other.pt"))
+    (tmp_path / "noise.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(InputError, match="not a plain-tensor checkpoint|could not be read as a torch checkpoint"):
+        check_clipn_weights("tiny", model_config=TINY, checkpoint=str(tmp_path / "noise.pt"))
+    _, path = _write_clipn(tmp_path)
+    assert check_clipn_weights("tiny", model_config=TINY, checkpoint=str(path)).startswith("checkpoint:")
 
 
 def test_model_wrapper_without_prefix_loads(tmp_path: Path) -> None:

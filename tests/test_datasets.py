@@ -144,3 +144,36 @@ def test_image_folder_unreadable_image(tmp_path):
     (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG nothing")
     with pytest.raises(InputError, match="broken.png"):
         load_dataset(DataConfig(dataset="image_folder", root=str(tmp_path), image_size=8))
+
+
+def test_a_cifar_batch_cannot_run_code_whatever_the_checksum_setting(tmp_path):
+    _write_cifar10(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "wb") as handle:
+        pickle.dump({"data": Exploit(), "labels": [0]}, handle)
+    with pytest.raises(InputError, match=r"data_batch_1 is not a CIFAR python batch \(global posix.system is not allowed"):
+        load_dataset(DataConfig(dataset="cifar10", root=str(tmp_path), verify_checksums=False))
+    assert not marker.exists()
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"\x00garbage, not a pickle")
+    with pytest.raises(InputError, match="data_batch_1 is not a CIFAR python batch"):
+        load_dataset(DataConfig(dataset="cifar10", root=str(tmp_path), verify_checksums=False))
+
+
+def test_cifar_download_without_network_is_one_clear_line(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
+    with pytest.raises(InputError, match=r"data.download: could not download https://www.cs.toronto.edu/.*name resolution"):
+        load_dataset(DataConfig(dataset="cifar10", root=str(tmp_path), download=True))

@@ -171,3 +171,41 @@ def test_ood_ratio_protocol_starts_with_labeled_ood(ray_session, digits_config, 
     assert (first["n_labeled_known"], first["n_invalid"]) == (12, 8)
     assert math.isclose(first["recall"], 12 / KNOWN_IN_POOL)
     np.testing.assert_array_equal(rounds["budget_spent"], [0, 10])
+
+
+def test_a_diverging_network_stops_the_run_with_its_name_and_round(ray_session, digits_config, tmp_path):
+    from osal_ray.errors import TrainingDiverged
+
+    config = digits_config(tmp_path / "nan", strategies=["entropy"], **{"train.lr": 1e6})
+    with pytest.raises(TrainingDiverged, match=r"the classifier diverged in round 0 \(loss nan in epoch \d+\)"):
+        _run(config)
+    assert not (tmp_path / "nan" / "runs" / "entropy" / "seed_0" / "state.json").exists()
+
+
+def test_non_finite_scores_are_refused_before_selection(ray_session, digits_config, tmp_path, monkeypatch):
+    from osal_ray.errors import TrainingDiverged
+
+    real = trajectory_module.score_pool
+
+    def poisoned(*args, **kwargs):
+        scores = real(*args, **kwargs)
+        entropy = scores.columns["entropy"].copy()
+        entropy[:5] = np.nan
+        return type(scores)(scores.ids, {**scores.columns, "entropy": entropy})
+
+    monkeypatch.setattr(trajectory_module, "score_pool", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"round 1: .*entropy \(5 samples\)"):
+        _run(digits_config(tmp_path / "o", strategies=["entropy"], **{"al.rounds": 1}))
+    state = RunState.load(tmp_path / "o" / "runs" / "entropy" / "seed_0" / "state.json")
+    assert state.completed_round == 0 and state.pending is None
+
+
+def test_other_strategies_on_the_same_directory_must_share_its_settings(ray_session, digits_config, tmp_path):
+    out = tmp_path / "o"
+    _run(digits_config(out, strategies=["random", "jsosal"], **{"al.rounds": 1, "al.budget": 20}))
+    with pytest.raises(InputError, match=r"(random|jsosal) seed 0 run made with other shared settings.*budget \(20 -> 10\)"):
+        prepare_experiment(digits_config(out, strategies=["entropy"], **{"al.rounds": 1, "al.budget": 10}), **QUIET)
+    _run(digits_config(out, strategies=["entropy"], **{"al.rounds": 1, "al.budget": 20}))
+    rounds = pd.read_parquet(out / "rounds.parquet")
+    assert set(rounds["strategy"]) == {"random", "jsosal", "entropy"}  # the tables hold every trajectory of the directory
+    assert set(json.loads((out / "summary.json").read_text())["runs"]) == {"random", "jsosal", "entropy"}

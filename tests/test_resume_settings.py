@@ -46,3 +46,41 @@ def test_a_state_that_still_holds_location_keys_resumes(tmp_path):
     raw["settings"]["data"]["root"] = "/where/it/was"  # an older osal_ray compared the data location too
     open(location, "w").write(json.dumps(raw))
     assert open_run_state(location, load_config(None, []), "jsosal", 0) is not None
+
+
+def test_clip_weights_replaced_at_the_same_path_are_another_model(tmp_path):
+    weights = tmp_path / "clipn.pt"
+    weights.write_bytes(b"first weights")
+    overrides = [f"clip.checkpoint={weights}", "strategies=[vlpure]"]
+    location = _saved(tmp_path / "v", overrides, "vlpure")
+    assert open_run_state(location, load_config(None, overrides), "vlpure", 0) is not None
+    weights.write_bytes(b"other weights, same path")
+    with pytest.raises(InputError, match="clip.weights_digest"):
+        open_run_state(location, load_config(None, overrides), "vlpure", 0)
+
+
+def test_a_clip_run_saved_before_weights_were_compared_by_content_resumes(tmp_path):
+    import json
+
+    weights = tmp_path / "clipn.pt"
+    weights.write_bytes(b"weights")
+    overrides = [f"clip.checkpoint={weights}", "strategies=[vlpure]"]
+    location = _saved(tmp_path / "v", overrides, "vlpure")
+    raw = json.loads(open(location).read())
+    del raw["settings"]["clip"]["weights_digest"]
+    open(location, "w").write(json.dumps(raw))
+    assert open_run_state(location, load_config(None, overrides), "vlpure", 0) is not None
+
+
+def test_the_clip_embedding_cache_is_keyed_by_the_weights_content(tmp_path):
+    from osal_ray.config import ClipConfig
+    from osal_ray.scoring.clip import clip_key
+
+    weights = tmp_path / "clipn.pt"
+    weights.write_bytes(b"first weights")
+    first = clip_key(ClipConfig(checkpoint=str(weights)))
+    moved = tmp_path / "elsewhere.pt"
+    moved.write_bytes(b"first weights")
+    assert clip_key(ClipConfig(checkpoint=str(moved))) == first  # where the file lives does not matter
+    weights.write_bytes(b"other weights at the same path")
+    assert clip_key(ClipConfig(checkpoint=str(weights))) != first

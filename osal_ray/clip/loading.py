@@ -91,12 +91,10 @@ def create_clipn(
         force_preprocess_cfg=preprocess or None,
     )
     model = CLIPN(clip, model_name=arch)
-    missing, unexpected = load_clipn_state_dict(model, state, field)
+    missing, unexpected = load_clipn_state_dict(model, state, field, allowed_missing=_allowed_missing(source))
 
     if source.kind == "pretrained":
         notes.append(UNTRAINED_NO_TOWER)
-    elif missing:
-        notes.append(f"{len(missing)} model tensors are not in the checkpoint and keep their initial values")
     if unexpected:
         notes.append(f"{len(unexpected)} checkpoint tensors match no model parameter and were ignored")
     for note in notes:
@@ -113,12 +111,56 @@ def check_clipn_weights(
     model_config: dict | None = None,
     allow_download: bool = False,
 ) -> str:
-    """Find the weights ``create_clipn`` would load, without reading or building anything.
+    """Find and check the weights ``create_clipn`` would load, before any Ray work starts.
 
-    Raises the same InputError (what to download and where) when none are reachable; returns
-    a label of the source. Cheap enough to run before any Ray work starts.
+    Raises the same InputError as loading would (nothing reachable: what to download and where; a
+    pickle that is not plain tensors; shapes that do not match the architecture; model tensors the
+    file leaves uninitialised), in one line. The architecture is built on the meta device (no
+    memory, no weights) and the file is memory-mapped where torch can, so this costs little even
+    for a ViT-B checkpoint. Returns a label of the source.
     """
-    return _locate_weights(model_name, checkpoint, pretrained, model_config, allow_download, [])[1].label
+    arch, source = _locate_weights(model_name, checkpoint, pretrained, model_config, allow_download, [])
+    field = "clip.checkpoint" if source.kind == "checkpoint" else "clip.pretrained"
+    state = read_state_dict(source.path, field, mmap=True)
+    if source.kind == "pretrained":
+        state = clipn_state_dict_from_clip(state)
+    with torch.device("meta"):
+        model = CLIPN(open_clip.create_model(arch, pretrained=None, device="meta",
+                                             force_quick_gelu=bool(source.tag_cfg.get("quick_gelu", False))), model_name=arch)
+    check_clipn_state_dict(model, state, field, _allowed_missing(source))
+    return source.label
+
+
+def weights_digest(path: str) -> str:
+    """SHA-256 of a weights file's bytes (cached per path, size and modification time in this process):
+    caches of CLIP embeddings are keyed by what the weights are, not by where they live."""
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()[:16]
+    return _DIGESTS[key]
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def weights_file(model_name: str, *, checkpoint: str | None = None, pretrained: str | None = None,
+                 model_config: dict | None = None) -> str | None:
+    """The file ``create_clipn`` would read (None when nothing is reachable)."""
+    try:
+        return _locate_weights(model_name, checkpoint, pretrained, model_config, False, [])[1].path
+    except InputError:
+        return None
+
+
+def _allowed_missing(source: _Source) -> tuple[str, ...]:
+    """Model tensors a source may leave at their initial values: CLIP weights have no no-prompts
+    (CLIPN starts them at zero); a CLIPN checkpoint must hold everything."""
+    return ("prompt_no",) if source.kind == "pretrained" else ()
 
 
 def _locate_weights(model_name: str, checkpoint: str | None, pretrained: str | None, model_config: dict | None,
@@ -169,8 +211,11 @@ def register_model_config(model_name: str, model_config: dict) -> str:
     return name
 
 
-def read_state_dict(path: str, field: str) -> dict[str, torch.Tensor]:
-    """Load a plain-tensor state dict (weights_only), unwrapping ``state_dict``/``model`` and ``module.``."""
+def read_state_dict(path: str, field: str, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """Load a plain-tensor state dict (weights_only), unwrapping ``state_dict``/``model`` and ``module.``.
+
+    ``mmap``: map the file instead of reading it where torch can (zip-format checkpoints).
+    """
     if str(path).endswith(".safetensors"):
         try:
             from safetensors.torch import load_file
@@ -179,7 +224,7 @@ def read_state_dict(path: str, field: str) -> dict[str, torch.Tensor]:
         obj: Any = load_file(str(path), device="cpu")
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = _torch_load(path, mmap)
         except pickle.UnpicklingError as error:
             detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
             raise InputError(
@@ -204,6 +249,16 @@ def read_state_dict(path: str, field: str) -> dict[str, torch.Tensor]:
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
+def _torch_load(path: str, mmap: bool) -> Any:
+    if mmap:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error).lower() and "zip" not in str(error).lower():
+                raise
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def clipn_state_dict_from_clip(clip_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A CLIPN state dict from a CLIP one: the yes text tower duplicated into the no tower.
 
@@ -220,24 +275,37 @@ def clipn_state_dict_from_clip(clip_state: dict[str, torch.Tensor]) -> dict[str,
     return state
 
 
-def load_clipn_state_dict(model: CLIPN, state: dict[str, torch.Tensor], field: str) -> tuple[list[str], list[str]]:
-    """Load non-strictly after refusing shape mismatches; return (missing_keys, unexpected_keys)."""
-    own = model.state_dict()
-    state = dict(state)
+def check_clipn_state_dict(model: CLIPN, state: dict[str, torch.Tensor], field: str,
+                           allowed_missing: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """Refuse a state dict with shapes other than ``model``'s, or that leaves model tensors
+    uninitialised (other than ``allowed_missing`` prefixes); return (missing, unexpected) keys."""
+    own = {k: v.shape for k, v in model.state_dict().items()}
     scale = state.get("logit_scale")
     if scale is not None and "logit_scale" in own and scale.numel() == own["logit_scale"].numel():
-        state["logit_scale"] = scale.reshape(own["logit_scale"].shape)  # scalar vs [1] across open_clip versions
-    mismatched = [
-        f"{k}: file {list(v.shape)} vs model {list(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
-    ]
+        state["logit_scale"] = scale.reshape(own["logit_scale"])  # scalar vs [1] across open_clip versions
+    mismatched = [f"{k}: file {list(v.shape)} vs model {list(own[k])}" for k, v in state.items() if k in own and v.shape != own[k]]
     if mismatched:
         raise InputError(
             field,
             f"tensor shapes do not match the {model.model_name} architecture "
             f"({len(mismatched)} keys; first: {'; '.join(mismatched[:3])})",
         )
+    missing = [k for k in own if k not in state]
+    unexplained = [k for k in missing if not k.startswith(allowed_missing)] if allowed_missing else missing
+    if unexplained:
+        raise InputError(
+            field,
+            f"the file leaves {len(unexplained)} of the {model.model_name} model's {len(own)} tensors uninitialised "
+            f"(e.g. {', '.join(unexplained[:3])}): it is not a checkpoint of this architecture",
+        )
+    return missing, [k for k in state if k not in own]
+
+
+def load_clipn_state_dict(model: CLIPN, state: dict[str, torch.Tensor], field: str,
+                          allowed_missing: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """Check (``check_clipn_state_dict``), then load non-strictly; return (missing_keys, unexpected_keys)."""
+    state = dict(state)
+    check_clipn_state_dict(model, state, field, allowed_missing)
     result = model.load_state_dict(state, strict=False)
     return list(result.missing_keys), list(result.unexpected_keys)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -189,49 +191,89 @@ def _idx_split(images: np.ndarray, labels: np.ndarray, image_path: Path, label_p
     return ImageSplit(np.ascontiguousarray(images[..., None]), labels.astype(np.int64))
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles what CIFAR's python batches hold (dicts, lists, strings, bytes, numbers, numpy
+    arrays) and refuses every other global, so a crafted batch file cannot run code (plain
+    pickle.load, which torchvision's loader uses, would: a ``__reduce__`` runs on load)."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("builtins", "dict"), ("builtins", "list"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+
+
+def read_cifar_batch(path: Path) -> dict:
+    """One CIFAR python batch, without executing anything it holds (see ``_CifarUnpickler``)."""
+    try:
+        with open(path, "rb") as handle:
+            batch = _CifarUnpickler(handle, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, UnicodeDecodeError) as exc:
+        raise InputError("data.root", f"{path} is not a CIFAR python batch ({exc})") from None
+    if not isinstance(batch, dict):
+        raise InputError("data.root", f"{path} is not a CIFAR python batch (it holds a {type(batch).__name__})")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+
 def _cifar_loader(torchvision_class_name: str, name: str) -> DatasetLoader:
+    """CIFAR from torchvision's python-pickle archives (torchvision's file lists, checksums and
+    download), read with a restricted unpickler."""
+
     def load(config: DataConfig) -> SourceDataset:
         import torchvision.datasets as tvd
+        import torchvision.datasets.utils as tv_utils
 
         cls = getattr(tvd, torchvision_class_name)
         if config.root is None and not config.download:
             raise InputError("data.root", f"{name} needs data.root (the folder holding {cls.base_folder}/) or data.download: true")
         root = Path(config.root or "data")
-        if not config.verify_checksums:
-            cls = _without_checksums(cls)
-        if not config.download and not (root / cls.base_folder).is_dir():
+        folder = root / cls.base_folder
+        if config.download and not folder.is_dir():
+            try:
+                tv_utils.download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
+            except (OSError, RuntimeError) as exc:  # URLError is an OSError: no network here
+                raise InputError("data.download", f"could not download {cls.url} into {root} ({exc}); download and extract "
+                                                  "it by hand and set data.download: false") from None
+        if not folder.is_dir():
             raise InputError(
                 "data.root",
-                f"{root / cls.base_folder} does not exist; download {cls.url} and extract it into {root}, "
-                "or set data.download: true",
+                f"{folder} does not exist; download {cls.url} and extract it into {root}, or set data.download: true",
             )
-        try:
-            train = cls(str(root), train=True, download=config.download)
-            test = cls(str(root), train=False, download=config.download)
-        except RuntimeError as exc:
-            raise InputError("data.root", f"{name} under {root}: {exc}") from None
-        return SourceDataset(
-            name,
-            ImageSplit(np.asarray(train.data, dtype=np.uint8), np.asarray(train.targets, dtype=np.int64)),
-            ImageSplit(np.asarray(test.data, dtype=np.uint8), np.asarray(test.targets, dtype=np.int64)),
-            tuple(train.classes),
-            pixel_max=255.0,
-        )
+        for filename, md5 in [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]:
+            path = folder / filename
+            if not path.is_file():
+                raise InputError("data.root", f"{path} is missing from the {name} archive")
+            if config.verify_checksums and not tv_utils.check_integrity(str(path), md5):
+                raise InputError("data.root", f"{name} under {root}: {path} is corrupted (its md5 is not {md5}); "
+                                              "download it again, or set data.verify_checksums: false")
+        splits = [_cifar_split(folder, listed) for listed in (cls.train_list, cls.test_list)]
+        meta = read_cifar_batch(folder / cls.meta["filename"])
+        classes = tuple(str(c) for c in meta.get(cls.meta["key"], ()))
+        if not classes:
+            raise InputError("data.root", f"{folder / cls.meta['filename']} lacks {cls.meta['key']}")
+        return SourceDataset(name, splits[0], splits[1], classes, pixel_max=255.0)
 
     return load
 
 
-def _without_checksums(cls: type) -> type:
-    """The same torchvision loader with every md5 set to None (torchvision then checks existence only)."""
-    return type(
-        f"{cls.__name__}Unverified",
-        (cls,),
-        {
-            "train_list": [[filename, None] for filename, _ in cls.train_list],
-            "test_list": [[filename, None] for filename, _ in cls.test_list],
-            "meta": {**cls.meta, "md5": None},
-        },
-    )
+def _cifar_split(folder: Path, listed: list[list[str]]) -> ImageSplit:
+    images, labels = [], []
+    for filename, _ in listed:
+        batch = read_cifar_batch(folder / filename)
+        label_key = "labels" if "labels" in batch else "fine_labels"
+        if "data" not in batch or label_key not in batch:
+            raise InputError("data.root", f"{folder / filename} lacks data or {label_key}")
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3072 or len(batch[label_key]) != len(data):
+            raise InputError("data.root", f"{folder / filename}: expected N x 3072 images and N labels, got {data.shape}")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+    return ImageSplit(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels))
 
 
 register_dataset("cifar10")(_cifar_loader("CIFAR10", "cifar10"))
@@ -279,11 +321,15 @@ def _read_image_folder(folder: Path, size: int) -> tuple[np.ndarray, np.ndarray,
         dataset = ImageFolder(str(folder), transform=lambda img: np.asarray(resize(img.convert("RGB")), dtype=np.uint8))
     except (FileNotFoundError, RuntimeError) as exc:
         raise InputError("data.root", f"{folder}: {exc}") from None
+    from PIL import Image
+
     images, labels = [], []
     for index in range(len(dataset)):
         try:
-            image, label = dataset[index]
-        except OSError as exc:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image, label = dataset[index]
+        except (OSError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise InputError("data.root", f"cannot read image {dataset.samples[index][0]}: {exc}") from None
         images.append(image)
         labels.append(label)

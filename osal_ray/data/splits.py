@@ -46,12 +46,16 @@ def resolve_known_classes(config: DataConfig, class_names: tuple[str, ...]) -> t
                 f"{config.mismatch_ratio} of {num_classes} classes gives {count} known classes; need 2..{num_classes - 1}",
             )
         return tuple(range(count))
+    if num_classes < 3:
+        raise InputError("data.known_classes", f"the dataset has {num_classes} classes; an open-set split needs at least 2 "
+                                               "known classes and at least one class that stays unknown (3 or more classes)")
     spec = config.known_classes
     if spec is None:
         raise InputError("data.known_classes", "set a count, a list of class ids or names, or data.mismatch_ratio")
     if isinstance(spec, int):
         if spec < 2 or spec >= num_classes:
-            raise InputError("data.known_classes", f"{spec} known classes of {num_classes}; need 2..{num_classes - 1}")
+            raise InputError("data.known_classes", f"{spec} known classes of {num_classes}; need 2..{num_classes - 1} "
+                                                   "(at least one class must stay unknown)")
         return tuple(range(spec))
     known: list[int] = []
     for item in spec:
@@ -66,7 +70,8 @@ def resolve_known_classes(config: DataConfig, class_names: tuple[str, ...]) -> t
     if len(set(known)) != len(known):
         raise InputError("data.known_classes", f"repeated classes in {spec}")
     if len(known) < 2 or len(known) >= num_classes:
-        raise InputError("data.known_classes", f"{len(known)} known classes of {num_classes}; need 2..{num_classes - 1}")
+        raise InputError("data.known_classes", f"{len(known)} known classes of {num_classes}; need 2..{num_classes - 1} "
+                                               "(at least one class must stay unknown)")
     return tuple(known)
 
 

@@ -20,7 +20,7 @@ from osal_ray.errors import InputError
 from osal_ray.experiment.oracle import Annotator, QueryRequest, SimulatedOracle
 from osal_ray.experiment.outputs import plot_curves, rounds_frame, write_tables
 from osal_ray.experiment.report import round_header, round_row, summary_table
-from osal_ray.experiment.state import STATE_FILE, RoundRecord, RunState, atomic_write_text, open_run_state
+from osal_ray.experiment.state import STATE_FILE, RoundRecord, RunState, atomic_write_text, open_run_state, saved_trajectories
 from osal_ray.experiment.trajectory import RunContext, run_trajectory
 from osal_ray.lock import OutputLock
 from osal_ray.models import model_input
@@ -129,11 +129,17 @@ def prepare_experiment(config: ExperimentConfig, log: Callable[[str], None] = pr
 
 
 def _prepare(config: ExperimentConfig, output_dir: Path, lock: OutputLock, log: Callable[[str], None]) -> PreparedExperiment:
+    root = config.resolved_storage()
     states = {
-        (strategy, seed): open_run_state(storage.join(run_location(config.resolved_storage(), strategy, seed), STATE_FILE), config, strategy, seed)
+        (strategy, seed): open_run_state(storage.join(run_location(root, strategy, seed), STATE_FILE), config, strategy, seed)
         for seed in config.seeds
         for strategy in config.strategies
     }
+    # Trajectories this config does not name stay in the directory's tables; they must share its settings.
+    for strategy, seed in saved_trajectories(root):
+        if (strategy, seed) not in states:
+            states[(strategy, seed)] = open_run_state(storage.join(run_location(root, strategy, seed), STATE_FILE), config,
+                                                      strategy, seed, shared_only=True)
     if oracle_kind(config) == "files":
         waiting = _incomplete_round(output_dir)
         if waiting is not None:
@@ -295,8 +301,9 @@ def _publish(prepared: PreparedExperiment, states: dict[tuple[str, int], RunStat
     previous = open_round(output_dir)
     if previous is not None and all(s.pending is None or s.pending.round != previous for s in states.values()):
         annotator.close(previous)
+    ran = {(name, seed) for name in prepared.config.strategies for seed in prepared.config.seeds}
     requests = [QueryRequest(s.strategy, s.seed, s.pending.round, tuple(s.pending.ids), tuple(s.pending.scores))
-                for s in states.values() if s.pending is not None]
+                for key, s in states.items() if s.pending is not None and key in ran]
     write_audit(output_dir)
     if not requests:
         write_status(output_dir, {"state": "finished", "rounds": prepared.config.al.rounds})

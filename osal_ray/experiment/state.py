@@ -174,7 +174,9 @@ def run_settings(config: ExperimentConfig, strategy: str, seed: int) -> dict[str
         "detector": full["detector"],
     }
     if "clip_embedding" in stored_columns_needed(config, [strategy]):
-        settings["clip"] = {k: full["clip"][k] for k in CLIP_IDENTITY_KEYS}
+        from osal_ray.scoring.clip import clip_weights_digest
+
+        settings["clip"] = {**{k: full["clip"][k] for k in CLIP_IDENTITY_KEYS}, "weights_digest": clip_weights_digest(config.clip)}
     return settings
 
 
@@ -212,8 +214,16 @@ def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = 
     return differences
 
 
-def open_run_state(location: str, config: ExperimentConfig, strategy: str, seed: int) -> RunState | None:
-    """The saved state of this run, None if there is none; InputError if it was made differently."""
+# What every trajectory of one output directory shares, whatever its strategy and seed.
+SHARED_SETTINGS = ("data", "budget", "model", "train", "detector")
+
+
+def open_run_state(location: str, config: ExperimentConfig, strategy: str, seed: int, shared_only: bool = False) -> RunState | None:
+    """The saved state of this run, None if there is none; InputError if it was made differently.
+
+    ``shared_only``: compare only what all trajectories of a directory share (for a trajectory the
+    config does not name: it stays in the directory's tables, so it must be comparable).
+    """
     if not storage.exists(location):
         return None
     state = RunState.load(location)
@@ -221,11 +231,39 @@ def open_run_state(location: str, config: ExperimentConfig, strategy: str, seed:
     wanted = json.loads(json.dumps(run_settings(config, strategy, seed), default=_json_default))
     # A key the saved run did not know yet (an older osal_ray) counts as its default value.
     defaults = json.loads(json.dumps(run_settings(ExperimentConfig(), strategy, seed), default=_json_default))
+    if shared_only:
+        wanted = {k: v for k, v in wanted.items() if k in SHARED_SETTINGS}
+    saved_clip = state.settings.get("clip")
+    if isinstance(saved_clip, dict) and "weights_digest" not in saved_clip and "clip" in wanted:
+        # Saved before CLIP weights were compared by content: the path is all it recorded.
+        saved_clip["weights_digest"] = wanted["clip"]["weights_digest"]
     differences = describe_difference(_only_keys_of(_fill_missing(state.settings, defaults), wanted), wanted)
     if differences:
+        made = ("made with other settings" if not shared_only else "made with other shared settings (every strategy and "
+                "seed of one directory shares data, budget, model, training and detector)")
         raise InputError(
             "--output-dir",
-            f"{location} holds a {strategy} seed {seed} run made with other settings: "
-            f"{'; '.join(differences[:5])}. Use another --output-dir, or delete it to start over",
+            f"{location} holds a {strategy} seed {seed} run {made}: {'; '.join(differences[:5])}. "
+            "Use another --output-dir, or delete it to start over",
         )
     return state
+
+
+def saved_trajectories(storage_root: str) -> list[tuple[str, int]]:
+    """(strategy, seed) of every run state under ``<storage_root>/runs``."""
+    return [(strategy, seed) for strategy, seed, _ in _state_files(storage_root)]
+
+
+def _state_files(storage_root: str) -> list[tuple[str, int, str]]:
+    import pyarrow.fs as pafs
+
+    runs = storage.join(storage_root, "runs")
+    filesystem, path = storage.resolve(runs)
+    if filesystem.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    found = []
+    for info in filesystem.get_file_info(pafs.FileSelector(path, recursive=True)):
+        parts = info.path.rstrip("/").split("/")
+        if info.type == pafs.FileType.File and parts[-1] == STATE_FILE and parts[-2].startswith("seed_") and parts[-2][5:].isdigit():
+            found.append((parts[-3], int(parts[-2][5:]), info.path))
+    return sorted(found)

@@ -25,6 +25,7 @@ import numpy as np
 
 from osal_ray import storage
 from osal_ray.config import ExperimentConfig
+from osal_ray.errors import NON_FINITE_MARKER, TrainingDiverged
 from osal_ray.data.image_pool import read_absent_ids, read_initial_labels
 from osal_ray.data.pool import PoolManifest, initial_ids, read_pool_ids
 from osal_ray.experiment import metrics
@@ -133,6 +134,7 @@ def _select_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], ro
         timings=timings,
     )
     scored = time.perf_counter()
+    _check_finite(ctx, scores, round_index)
     annotated = np.isin(scores.ids, state.annotated_ids())
     candidate = ~annotated & ~np.isin(scores.ids, read_absent_ids(ctx.manifest))
     pool = scores.subset(candidate)
@@ -300,8 +302,41 @@ def _train_all(ctx: RunContext, state: RunState, plans: list[NetworkPlan], round
         )
         # The digest of the training set keeps Ray Train from resuming a run of another labeled set.
         name = f"{ctx.strategy.name}-seed{ctx.seed}-round{round_index:03d}-{plan.name}-{_digest(ids, labels)}"
-        result = fit_network(job, ctx.checkpoint_location, name, staging=ctx.staging)
+        try:
+            result = fit_network(job, ctx.checkpoint_location, name, staging=ctx.staging)
+        except Exception as exc:  # noqa: BLE001  (Ray wraps the worker's error; recognise ours by its marker)
+            detail = _non_finite_detail(exc)
+            if detail is None:
+                raise
+            raise TrainingDiverged(
+                "train.lr", f"{ctx.label} the {plan.name} diverged in round {round_index} ({detail}); the run state is kept at "
+                f"{'round ' + str(state.completed_round) if state.completed_round >= 0 else 'the start'}. "
+                f"Lower train.lr (now {train.lr}) or check the data"
+            ) from None
         state.checkpoints[plan.name] = result.checkpoint_path
         if plan.evaluate:
             accuracy = float(result.metrics["accuracy"])
     return accuracy, time.perf_counter() - started
+
+
+def _check_finite(ctx: RunContext, scores: PoolScores, round_index: int) -> None:
+    """Refuse to select from NaN or infinite scores: they rank by accident (pool order, or a crash)."""
+    bad = {name: int((~np.isfinite(values)).any(axis=tuple(range(1, values.ndim))).sum())
+           for name, values in scores.columns.items() if np.issubdtype(values.dtype, np.floating)}
+    bad = {name: count for name, count in bad.items() if count}
+    if bad:
+        described = ", ".join(f"{name} ({count} samples)" for name, count in bad.items())
+        raise TrainingDiverged("train.lr", f"{ctx.label} round {round_index}: the networks' scores are NaN or infinite: {described}; "
+                                           f"the run state is kept at round {round_index - 1}. Lower train.lr or check the data")
+
+
+def _non_finite_detail(exc: BaseException) -> str | None:
+    """What a training worker said about a non-finite loss, found anywhere in Ray's wrapping of its error."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc)
+        if NON_FINITE_MARKER in text:
+            return text[text.index(NON_FINITE_MARKER) + len(NON_FINITE_MARKER) + 2 :].split("\n")[0].strip()
+        exc = exc.__cause__ or exc.__context__
+    return None

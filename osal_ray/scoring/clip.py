@@ -42,9 +42,18 @@ EMBEDDING = "clip_embedding"
 
 
 def clip_key(clip: ClipConfig) -> str:
-    """A digest of what decides the image embeddings: architecture and weights."""
-    identity = {"model": clip.model_name, "checkpoint": clip.checkpoint, "pretrained": clip.pretrained, "config": clip.model_config}
+    """A digest of what decides the image embeddings: the architecture and the weights file's content
+    (a file replaced at the same path is another model)."""
+    identity = {"model": clip.model_name, "config": clip.model_config, "weights": clip_weights_digest(clip)}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def clip_weights_digest(clip: ClipConfig) -> str | None:
+    """The content digest of the weights file the CLIP config loads (None when none is reachable)."""
+    from osal_ray.clip.loading import weights_digest, weights_file
+
+    path = weights_file(clip.model_name, checkpoint=clip.checkpoint, pretrained=clip.pretrained, model_config=clip.model_config)
+    return weights_digest(path) if path else None
 
 
 def load_clipn(clip: ClipConfig, device: str = "cpu"):

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from osal_ray.config import TrainConfig
+from osal_ray.errors import NON_FINITE_MARKER
 from osal_ray.training.batches import epoch_batches
 from osal_ray.data.pool import PoolManifest, model_input, pool_paths, read_labeled, read_table
 from osal_ray.training.checkpoints import MODEL_FILE, NetworkSpec, load_network, load_network_anywhere, save_network
@@ -127,7 +128,7 @@ def train_loop_per_worker(config: dict[str, Any], session: RayTrainSession | InP
     for epoch in range(start_epoch, train.epochs):
         objective.start_epoch(model, x, y, epoch, train.epochs)
         batches = epoch_batches(len(y), train.batch_size, _epoch_generator(job.seed, epoch), rank, world)
-        loss_value = _train_epoch(model, x, y, batches, optimizer, job, objective, device, generator)
+        loss_value = _train_epoch(model, x, y, batches, optimizer, job, objective, device, generator, epoch)
         scheduler.step()
         done = epoch + 1
         if rank == 0 and job.log_prefix and (done % log_every == 0 or done == train.epochs):
@@ -167,7 +168,7 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def _train_epoch(model, x: torch.Tensor, y: torch.Tensor, batches: list[torch.Tensor], optimizer, job: TrainJob, objective,
-                 device, generator) -> float:
+                 device, generator, epoch: int) -> float:
     model.train()
     total, count = 0.0, 0
     for index in batches:
@@ -175,6 +176,8 @@ def _train_epoch(model, x: torch.Tensor, y: torch.Tensor, batches: list[torch.Te
         if job.train.augment and xb.dim() == 4:
             xb = augment_batch(xb, generator)
         loss = objective.loss(model, xb, yb, index)
+        if not bool(torch.isfinite(loss)):
+            raise FloatingPointError(f"{NON_FINITE_MARKER}: loss {loss.item()} in epoch {epoch + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
