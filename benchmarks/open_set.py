@@ -42,6 +42,7 @@ PAIRED = ("aubc", "final_recall")
 ALL_STRATEGIES = ("random", "uncertainty", "entropy", "margin", "coreset", "badge", "bald", "ll",
                   "lfosa", "jsosal", "jsosal_no_entropy", "eoal", "mqnet", "osal")
 REFERENCE = "random"
+COMMANDS_FILE = "commands.txt"
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,10 @@ def summarize(output_dir: Path, results: Path, spec: dict, minutes: float | None
         return
     results.mkdir(parents=True, exist_ok=True)
     pd.concat(frames, ignore_index=True).to_parquet(results / "rounds.parquet", index=False)
-    header = _header(spec, command, minutes)
+    finished = sorted({row["setting"] for row in main_rows}, key=list(spec["settings"]).index)
+    commands = [line for name in finished if (output_dir / name / COMMANDS_FILE).is_file()
+                for line in (output_dir / name / COMMANDS_FILE).read_text().splitlines()]
+    header = _header(spec, list(dict.fromkeys(commands)) or [command], minutes, finished)
     for rows, stem, title in ((main_rows, "table", "Open-set benchmark"), (sweep_rows, "sweep_a", "JSOSAL's a, swept")):
         if not rows:
             continue
@@ -147,12 +151,16 @@ def summarize(output_dir: Path, results: Path, spec: dict, minutes: float | None
     print((results / "table.md").read_text())
 
 
-def _header(spec: dict, command: str, minutes: float | None) -> str:
-    settings = "\n".join(f"- `{name}`: {s['description']}" for name, s in spec["settings"].items())
+def _header(spec: dict, commands: list[str], minutes: float | None, finished: list[str]) -> str:
+    settings = "\n".join(f"- `{name}`: {s['description']}" for name, s in spec["settings"].items() if name in finished)
+    missing = [name for name in spec["settings"] if name not in finished]
+    if missing:
+        names = ", ".join(f"`{name}`" for name in missing)
+        settings += f"\n\nNot run yet (no finished results): {names}."
     common = ", ".join(f"`{k}={v}`" for k, v in spec.get("common", {}).items())
     timing = f"; the last invocation took {minutes:.0f} min" if minutes is not None else ""
     return (
-        f"Command: `{command}`. Base job `{spec['base']}` with {common}. Machine: {platform.node()} "
+        f"Commands: {'; '.join(f'`{c}`' for c in commands)}. Base job `{spec['base']}` with {common}. Machine: {platform.node()} "
         f"{platform.machine()}, {_cpus()} CPUs{timing} (finished runs are resumed, not re-run).\n\n{settings}\n\n"
         f"Mean ± std over seeds; `vs {REFERENCE}`: the mean of the per-seed differences to {REFERENCE} on the same "
         "split, with its 95% t-interval over seeds."
@@ -219,6 +227,12 @@ def main() -> None:
     prepared = [prepare_experiment(run.config) for run in runs]  # every input check before Ray
     connect_ray(runs[0].config.ray)
     started = time.perf_counter()
+    for setting in args.settings:  # the tables name the invocations behind each setting's runs
+        record = output_dir / setting / COMMANDS_FILE
+        record.parent.mkdir(parents=True, exist_ok=True)
+        if command not in (record.read_text().splitlines() if record.is_file() else []):
+            with record.open("a") as handle:
+                handle.write(command + "\n")
     for run, experiment in zip(runs, prepared):
         print(f"\n=== {run.setting} {run.label or 'main'} ===", flush=True)
         run_experiment(experiment)

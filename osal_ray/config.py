@@ -90,6 +90,7 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     checkpoint_every: int = 0
+    max_failures: int = 2
 
 
 @dataclass
@@ -146,6 +147,9 @@ class SweepConfig:
     max_concurrent_trials: int = 1
     trial_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 0.25})
     seed: int = 0
+    scheduler: str = "fifo"
+    grace_period: int = 2
+    reduction_factor: float = 3.0
 
 
 @dataclass

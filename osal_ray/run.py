@@ -10,19 +10,66 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from osal_ray.errors import InputError
 
+if TYPE_CHECKING:
+    from osal_ray.config import ExperimentConfig
+    from osal_ray.experiment.runner import PreparedExperiment
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m osal_ray.run", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="osal-ray", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="a job YAML file (see jobs/); defaults are used without one")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
         help="override a config key, e.g. --set al.rounds=3 --set strategies=[random,entropy] (repeatable)",
     )
     parser.add_argument("--output-dir", help="where outputs and resumable state go (default outputs/<name>)")
+    parser.add_argument("--version", action="store_true", help="print the versions of osal_ray, Ray and PyTorch and exit")
+    parser.add_argument("--list", choices=LISTABLE, metavar="{" + ",".join(LISTABLE) + "}",
+                        help="print the registered strategies, datasets or models and exit")
     return parser.parse_args(argv)
+
+
+LISTABLE = ("strategies", "datasets", "models")
+
+
+def version_line() -> str:
+    """osal_ray's version and those of the libraries that decide its behaviour."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import osal_ray
+
+    parts = []
+    for package in ("ray", "torch", "open_clip_torch"):
+        try:
+            parts.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            parts.append(f"{package} not installed")
+    return f"osal_ray {osal_ray.__version__} ({', '.join(parts)})"
+
+
+def registry_listing(kind: str) -> list[str]:
+    """One line per registered entry of ``kind`` (strategies with their description and score columns)."""
+    if kind == "strategies":
+        from osal_ray.strategies import STRATEGIES
+
+        rows = []
+        for name in STRATEGIES:
+            strategy = STRATEGIES.get(name)
+            columns = ", ".join(strategy.required_columns()) or "-"
+            summary = (strategy.description.strip().splitlines() or [""])[0]
+            rows.append(f"{name:<18} {summary}  [scores: {columns}]")
+        return rows
+    if kind == "datasets":
+        from osal_ray.data import DATASETS
+
+        return list(DATASETS)
+    from osal_ray.models import MODELS
+
+    return list(MODELS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return label_main(argv[1:])
     args = parse_args(argv)
+    if args.version:
+        print(version_line())
+        return 0
+    if args.list:
+        print("\n".join(registry_listing(args.list)))
+        return 0
     from osal_ray.config import load_config
     from osal_ray.sweep import is_sweep
 
@@ -55,12 +108,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"osal_ray: error: {exc}", file=sys.stderr)
         return 2
 
-    if not is_sweep(config) and prepared.waiting is not None:
-        from osal_ray.experiment.runner import run_experiment
+    from osal_ray.runlog import run_log
 
-        run_experiment(prepared)  # says what is missing, starts no Ray
-        return 0
+    with run_log(config.resolved_output_dir().resolve(), argv):
+        if not is_sweep(config) and prepared.waiting is not None:
+            from osal_ray.experiment.runner import run_experiment
+
+            run_experiment(prepared)  # says what is missing, starts no Ray
+            return 0
+        return _run(config, None if is_sweep(config) else prepared)
+
+
+def _run(config: "ExperimentConfig", prepared: "PreparedExperiment | None") -> int:
+    """Start or join Ray and run the experiment or sweep (inputs already checked)."""
     from osal_ray.cluster import connect_ray
+    from osal_ray.sweep import is_sweep
 
     connect_ray(config.ray)
     try:

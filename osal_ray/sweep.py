@@ -28,6 +28,7 @@ from osal_ray.errors import InputError
 from osal_ray.experiment.outputs import SUMMARY_METRICS
 
 SEARCHERS = ("grid", "random", "optuna")
+SCHEDULERS = ("fifo", "asha")
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SHORTHANDS = {"seed": "seeds", "strategy": "strategies"}
 
@@ -79,6 +80,15 @@ def validate_sweep(config: ExperimentConfig) -> None:
     sweep = config.sweep
     if sweep.searcher not in SEARCHERS:
         raise InputError("sweep.searcher", f"{sweep.searcher!r} is not one of {', '.join(SEARCHERS)}")
+    if sweep.searcher == "optuna":
+        from osal_ray.extras import require_extra
+
+        require_extra("optuna", "sweep.searcher", "the optuna searcher")
+    if sweep.scheduler not in SCHEDULERS:
+        raise InputError("sweep.scheduler", f"{sweep.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    if sweep.grace_period < 1 or sweep.reduction_factor <= 1:
+        raise InputError("sweep.grace_period" if sweep.grace_period < 1 else "sweep.reduction_factor",
+                         "grace_period must be >= 1 round, reduction_factor > 1")
     if sweep.metric not in SUMMARY_METRICS:
         raise InputError("sweep.metric", f"{sweep.metric!r} is not one of {', '.join(SUMMARY_METRICS)}")
     if sweep.num_samples < 1 or sweep.max_concurrent_trials < 1:
@@ -139,7 +149,8 @@ def _check_each_variant(config: ExperimentConfig, check: Callable[[ExperimentCon
 
 def _sweep_definition(config: ExperimentConfig) -> dict[str, Any]:
     sweep = config.to_dict()["sweep"]
-    return {k: sweep[k] for k in ("space", "searcher", "num_samples", "metric", "metric_strategy", "seed")}
+    return {k: sweep[k] for k in ("space", "searcher", "num_samples", "metric", "metric_strategy", "seed", "scheduler",
+                                  "grace_period", "reduction_factor")}
 
 
 def _definition_location(config: ExperimentConfig) -> str:
@@ -202,15 +213,28 @@ def sweep_trial(values: dict[str, Any], base: dict[str, Any], trials_root: str, 
     output_dir = str(Path(trials_root) / key)
     storage_path = storage.join(storage_root, "trials", key) if storage_root else None
     config = variant_config({**base, "output_dir": output_dir, "storage_path": storage_path}, values)
-    summary = run_experiment(prepare_experiment(config))
-    metrics = {"node_id": ray.get_runtime_context().get_node_id(), "trial_key": key, "trial_output_dir": output_dir}
+    identity = {"node_id": ray.get_runtime_context().get_node_id(), "trial_key": key, "trial_output_dir": output_dir}
+
+    def report(summary: dict[str, Any], done: bool) -> None:
+        metrics = {**identity, **objective_metrics(summary, metric, metric_strategy), "finished": done}
+        tune.report(metrics)
+
+    # Every finished round reports the running summary (AUBC so far...), so a scheduler such as ASHA
+    # can stop a weak trial early; the last report is the trial's result.
+    summary = run_experiment(prepare_experiment(config), on_round=lambda summary: report(summary, False))
+    report(summary, True)
+
+
+def objective_metrics(summary: dict[str, Any], metric: str, metric_strategy: str | None) -> dict[str, float]:
+    """The summary metrics of a trial (of ``metric_strategy``, or the mean over its strategies) and its objective."""
+    metrics = {}
     for name in SUMMARY_METRICS:
         means = summary["mean"]
-        chosen = [means[metric_strategy][name]] if metric_strategy else [m[name] for m in means.values()]
+        chosen = [means.get(metric_strategy, {}).get(name)] if metric_strategy else [m[name] for m in means.values()]
         chosen = [v for v in chosen if v is not None]
         metrics[name] = float(np.mean(chosen)) if chosen else math.nan
     metrics["objective"] = metrics[metric]
-    tune.report(metrics)
+    return metrics
 
 
 def run_sweep(config: ExperimentConfig, log: Callable[[str], None] = print) -> pd.DataFrame:
@@ -235,7 +259,8 @@ def run_sweep(config: ExperimentConfig, log: Callable[[str], None] = print) -> p
     experiment = storage.join(tune_root, "sweep")
     if tune.Tuner.can_restore(experiment):
         log(f"resuming the sweep in {experiment}")
-        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+        # Errored trials start again (their own runs resume after the last finished round).
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, restart_errored=True)
     else:
         storage.write_bytes(_definition_location(config), json.dumps(_sweep_definition(config), sort_keys=True).encode())
         search_alg = None
@@ -252,7 +277,7 @@ def run_sweep(config: ExperimentConfig, log: Callable[[str], None] = print) -> p
             param_space=_tune_space(sweep.space),
             tune_config=tune.TuneConfig(
                 metric="objective", mode="max", search_alg=search_alg, num_samples=sweep.num_samples,
-                max_concurrent_trials=sweep.max_concurrent_trials,
+                max_concurrent_trials=sweep.max_concurrent_trials, scheduler=_scheduler(config),
             ),
             run_config=tune.RunConfig(name="sweep", storage_path=tune_root, verbose=0),
         )
@@ -260,6 +285,18 @@ def run_sweep(config: ExperimentConfig, log: Callable[[str], None] = print) -> p
     table = _trials_table(results, list(sweep.space))
     _write_outputs(config, table, output_dir / "sweep", log)
     return table
+
+
+def _scheduler(config: ExperimentConfig):
+    """ASHA stops trials whose running objective trails the others' at the same round (``sweep.scheduler``)."""
+    if config.sweep.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    reports = config.al.rounds + 1  # rounds per trajectory, round 0 included
+    trajectories = len(config.seeds) * (1 if "strategy" in config.sweep.space else len(config.strategies))
+    return ASHAScheduler(time_attr="training_iteration", max_t=reports * trajectories + 1,
+                         grace_period=config.sweep.grace_period, reduction_factor=config.sweep.reduction_factor)
 
 
 def _trial_entry(values: dict[str, Any], **kwargs: Any) -> None:
@@ -274,7 +311,7 @@ def _trials_table(results: Any, keys: list[str]) -> pd.DataFrame:
         row.update({name: metrics.get(name, math.nan) for name in (*SUMMARY_METRICS, "objective")})
         row["node_id"] = metrics.get("node_id")
         row["trial_key"] = metrics.get("trial_key", trial_key({k: result.config.get(k) for k in keys}))
-        row["status"] = "error" if result.error else "ok"
+        row["status"] = "error" if result.error else ("ok" if metrics.get("finished", True) else "stopped early")
         row["error"] = str(result.error).splitlines()[0][:300] if result.error else None
         rows.append(row)
     return pd.DataFrame(rows).sort_values("objective", ascending=False, na_position="last").reset_index(drop=True)

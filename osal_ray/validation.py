@@ -76,6 +76,7 @@ def validate_config(config: ExperimentConfig) -> None:
     _require(0.0 < t.lr_gamma <= 1.0, "train.lr_gamma", "must be in (0, 1]")
     _require(t.num_workers >= 0, "train.num_workers", "must be >= 0 (0 trains in the driver process)")
     _require(t.cpus_per_worker > 0, "train.cpus_per_worker", "must be positive")
+    _require(t.max_failures >= 0, "train.max_failures", "must be >= 0 (0: a failed training worker fails the round)")
     _require(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0: only the final checkpoint)")
 
     _require(config.detector.temperature > 0, "detector.temperature", "must be positive")

@@ -42,3 +42,40 @@ def test_cluster_yaml_keeps_the_dashboard_private_and_uses_ray_cuda_image():
     assert re.search(r"^FROM rayproject/ray:\d+\.\d+\.\d+-py3\d+-cu\d+$", dockerfile, re.M)
     gpu = config["available_node_types"]["gpu_worker"]
     assert gpu["resources"]["GPU"] == 1 and gpu["min_workers"] <= gpu["max_workers"]
+
+
+def test_every_job_file_the_deployment_files_name_exists():
+    import re
+
+    for name in ("cluster.yaml", "README.md", "docker/Dockerfile"):
+        for job in re.findall(r"jobs/[\w.-]+\.yaml", (REPO / name).read_text()):
+            assert (REPO / job).is_file(), f"{name} names {job}, which does not exist"
+
+
+def test_nodes_get_least_privilege_instance_profiles_scoped_to_the_run_bucket():
+    import json
+
+    config = _config()
+    for node_type, role in (("head", "osal-ray-head"), ("gpu_worker", "osal-ray-worker")):
+        arn = config["available_node_types"][node_type]["node_config"]["IamInstanceProfile"]["Arn"]
+        assert arn.endswith(f":instance-profile/{role}")
+    for policy_file in ("head-policy.json", "worker-policy.json"):
+        statements = json.loads((REPO / "deploy" / "iam" / policy_file).read_text())["Statement"]
+        for statement in statements:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            assert not any(action.endswith("*") for action in actions), f"{policy_file}: wildcard action"
+            if any(action.startswith("s3:") for action in actions):
+                assert statement["Resource"].startswith("arn:aws:s3:::YOUR_BUCKET"), f"{policy_file}: S3 not scoped"
+        worker_actions = {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+        if policy_file == "worker-policy.json":
+            assert not any(a.startswith(("ec2:", "iam:")) for a in worker_actions)
+
+
+def test_the_image_pins_torch_to_its_cuda_and_installs_the_extras():
+    import re
+
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    cuda = re.search(r"^FROM rayproject/ray:[\d.]+-py3\d+-(cu\d+)$", dockerfile, re.M).group(1)
+    assert f"download.pytorch.org/whl/{cuda}" in dockerfile
+    assert re.search(r"torch==\$\{TORCH_VERSION\}", dockerfile) and re.search(r"ARG TORCH_VERSION=\d", dockerfile)
+    assert "[clip,optuna]" in dockerfile

@@ -50,6 +50,11 @@ def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Unix socket paths are limited
     os.makedirs(os.path.join(temp_dir, "ray"), exist_ok=True)
     gcs_port, dashboard_port = _free_port(), _free_port()
+    # The node's agents get ports of their own too: Ray's defaults (52365 for the dashboard
+    # agent) are taken whenever another Ray runs on this machine, e.g. the tests' embedded one,
+    # and a head whose agent cannot bind refuses every job with "No available agent".
+    agent_ports = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+                   f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = temp_dir
     # Ray 2.60 heads use token authentication; a token of the test's own, so that neither a
@@ -61,7 +66,7 @@ def ray_head():
     env.pop("RAY_AUTH_TOKEN", None)
     head = subprocess.Popen(
         RAY_CLI + ["start", "--head", "--block", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}",
-                   "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
+                   "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats", *agent_ports],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{dashboard_port}"
@@ -77,15 +82,30 @@ def ray_head():
             head.wait(timeout=10)
 
 
+def _submit(url: str, env: dict[str, str], args: list[str], agent_timeout: float = 90.0) -> subprocess.CompletedProcess:
+    """``ray job submit``, retried while the head's job agent is still starting.
+
+    The dashboard answers before the node's job agent has registered with it; a submission in that
+    window is refused with "No available agent to submit job" (HTTP 500) and nothing is started, so
+    submitting again is safe. Any other failure is returned as it came.
+    """
+    deadline = time.time() + agent_timeout
+    while True:
+        submit = subprocess.run(
+            RAY_CLI + ["job", "submit", "--address", url, "--working-dir", ".", "--"] + args,
+            cwd=REPO, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=400,
+        )
+        if "No available agent" not in submit.stderr + submit.stdout or time.time() > deadline:
+            return submit
+        time.sleep(2)
+
+
 def test_ray_job_submit_runs_the_digits_job(ray_head, tmp_path):
     url, env = ray_head
     out = tmp_path / "job-out"
-    submit = subprocess.run(
-        RAY_CLI + ["job", "submit", "--address", url, "--working-dir", ".", "--",
-                   "python", "-m", "osal_ray.run", "--config", "jobs/digits.yaml",
-                   "--output-dir", str(out), "--set", "al.rounds=2", "--set", "strategies=[random,entropy]"],
-        cwd=REPO, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=400,
-    )
+    submit = _submit(url, env, ["python", "-m", "osal_ray.run", "--config", "jobs/digits.yaml",
+                                "--output-dir", str(out), "--set", "al.rounds=2",
+                                "--set", "strategies=[random,entropy]"])
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     assert "succeeded" in submit.stdout + submit.stderr
     rounds = pd.read_parquet(out / "rounds.parquet")

@@ -144,3 +144,25 @@ def test_optuna_sweep_samples_the_space(ray_session, tmp_path):
     assert len(table) == 2 and (table["status"] == "ok").all()
     assert table["strategy_params.jsosal.a_multiple"].between(1.0, 3.0).all()
     assert (table["objective"] == table["final_recall"]).all()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_trials_report_every_round_and_asha_stops_weak_ones_early(ray_session, tmp_path):
+    """Learning rates from useless to good: each trial reports after every round, and ASHA (grace period
+    one report, halving) stops the trials whose running AUBC trails after the first rounds."""
+    from osal_ray.sweep import run_sweep
+
+    config = _config(tmp_path, "al.rounds=3", "strategies=[random]", "sweep.scheduler=asha", "sweep.grace_period=1",
+                     "sweep.reduction_factor=2", "sweep.max_concurrent_trials=1",
+                     "sweep.space={train.lr: {grid: [0.05, 0.0001, 0.00001, 0.000001]}}")
+    table = run_sweep(config, log=lambda _: None)
+    assert set(table["status"]) <= {"ok", "stopped early"} and (table["status"] == "stopped early").any()
+    assert table.loc[table["status"] == "ok", "train.lr"].max() == 0.05  # the good one ran to the end
+    progress = sorted((tmp_path / "sweep").rglob("progress.csv"))
+    assert progress and max(len(pd.read_csv(p)) for p in progress) == 5  # round 0 + 3 rounds, then the final result
+
+
+def test_an_unknown_scheduler_is_refused(tmp_path):
+    with pytest.raises(InputError, match="sweep.scheduler"):
+        validate_sweep(_config(tmp_path, "sweep.scheduler=hyperband"))

@@ -104,6 +104,9 @@ def check_oracle(config: ExperimentConfig, source: SourceDataset | ImagePoolSour
 def check_clip_weights(config: ExperimentConfig) -> None:
     """Where some strategy or network reads CLIP embeddings, the CLIPN weights must be reachable."""
     if "clip_embedding" in stored_columns_needed(config):
+        from osal_ray.extras import require_extra
+
+        require_extra("open_clip", "strategies", "a CLIP score (VLPure-AL, or purity in mqnet/osal)")
         from osal_ray.clip import check_clipn_weights
 
         clip = config.clip
@@ -192,13 +195,13 @@ def stored_columns_needed(config: ExperimentConfig, strategies: list[str] | None
     return needed - {"image"}
 
 
-def with_stored_columns(config: ExperimentConfig, seed: PreparedSeed) -> PreparedSeed:
+def with_stored_columns(config: ExperimentConfig, seed: PreparedSeed, log: Callable[[str], None] | None = None) -> PreparedSeed:
     """The seed's pool with the stored columns its runs need (the CLIP embedding pass, once per job)."""
     if "clip_embedding" not in stored_columns_needed(config):
         return seed
     from osal_ray.scoring.clip import ensure_clip_embeddings
 
-    manifest = ensure_clip_embeddings(seed.manifest, config.clip, config.scoring, config.data.pool_files)
+    manifest = ensure_clip_embeddings(seed.manifest, config.clip, config.scoring, config.data.pool_files, log)
     return dataclasses.replace(seed, manifest=manifest)
 
 
@@ -217,17 +220,19 @@ def materialize_seeds(prepared: PreparedExperiment, log: Callable[[str], None]) 
         prepared.seeds = [PreparedSeed(seed, manifest, oracle) for seed in config.seeds]
 
 
-def run_experiment(prepared: PreparedExperiment, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_experiment(prepared: PreparedExperiment, log: Callable[[str], None] = print,
+                   on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run every trajectory (resuming finished rounds) until done or waiting for labels; keep outputs
-    current; return the summary. Releases the output directory's lock when it returns."""
+    current; return the summary. ``on_round`` gets the running summary after every finished round.
+    Releases the output directory's lock when it returns."""
     try:
-        return _run(prepared, log)
+        return _run(prepared, log, on_round)
     finally:
         if prepared.lock is not None:
             prepared.lock.release()
 
 
-def _run(prepared: PreparedExperiment, log: Callable[[str], None]) -> dict[str, Any]:
+def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     config, output_dir = prepared.config, prepared.output_dir
     if prepared.waiting is not None:
         log(prepared.waiting)
@@ -244,10 +249,12 @@ def _run(prepared: PreparedExperiment, log: Callable[[str], None]) -> dict[str, 
         states[(state.strategy, state.seed)] = state
         log(round_row(state.strategy, state.seed, record))
         result = write_tables(output_dir, list(states.values()), _catalogs(prepared))
+        if report is not None:
+            report(result)
 
     log(round_header())
     for prepared_seed in prepared.seeds:
-        prepared_seed = with_stored_columns(config, prepared_seed)
+        prepared_seed = with_stored_columns(config, prepared_seed, log)
         for name in config.strategies:
             context = RunContext(
                 config=config,

@@ -162,7 +162,7 @@ def run_settings(config: ExperimentConfig, strategy: str, seed: int) -> dict[str
     from osal_ray.strategies import get_strategy
 
     full = config.to_dict()
-    train = {k: v for k, v in full["train"].items() if k not in ("num_workers", "use_gpu", "cpus_per_worker", "checkpoint_every")}
+    train = {k: v for k, v in full["train"].items() if k not in ("num_workers", "use_gpu", "cpus_per_worker", "checkpoint_every", "max_failures")}
     settings = {
         "strategy": strategy,
         "seed": seed,

@@ -15,8 +15,10 @@ import hashlib
 import json
 import math
 import shutil
+import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -89,7 +91,8 @@ class ClipImageEmbedder:
         return pa.table({"id": batch.column("id"), EMBEDDING: vector_column(embeddings)})
 
 
-def ensure_clip_embeddings(manifest: PoolManifest, clip: ClipConfig, scoring: ScoringConfig, pool_files: int) -> PoolManifest:
+def ensure_clip_embeddings(manifest: PoolManifest, clip: ClipConfig, scoring: ScoringConfig, pool_files: int,
+                           progress: Callable[[str], None] | None = None) -> PoolManifest:
     """The pool (and test set) with a ``clip_embedding`` column beside the image.
 
     The image tower is frozen, so each sample is embedded once per job: every seed's pool draws
@@ -106,8 +109,8 @@ def ensure_clip_embeddings(manifest: PoolManifest, clip: ClipConfig, scoring: Sc
     store = Path(manifest.directory).parent / f"clip-{clip_key(clip)}"
     test_path = str(Path(manifest.directory) / manifest.test_file)
     rows_per_file = max(1, math.ceil(manifest.num_pool / pool_files))
-    _embed_missing(pool_paths(manifest), store / "pool", manifest, clip, scoring, rows_per_file)
-    _embed_missing([test_path], store / "test", manifest, clip, scoring, manifest.num_test)
+    _embed_missing(pool_paths(manifest), store / "pool", manifest, clip, scoring, rows_per_file, progress)
+    _embed_missing([test_path], store / "test", manifest, clip, scoring, manifest.num_test, progress)
     staging = directory.with_name(directory.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "pool").mkdir(parents=True)
@@ -133,7 +136,7 @@ def _stored_parts(store: Path) -> list[str]:
 
 
 def _embed_missing(paths: list[str], store: Path, manifest: PoolManifest, clip: ClipConfig, scoring: ScoringConfig,
-                   rows_per_file: int) -> None:
+                   rows_per_file: int, progress: Callable[[str], None] | None = None) -> None:
     """Embed the rows of ``paths`` whose ids ``store`` lacks, as one more complete part of it."""
     from osal_ray.scoring.pool_pass import actor_constructor_kwargs, actor_map_options, read_pool, rows_per_block
 
@@ -156,8 +159,32 @@ def _embed_missing(paths: list[str], store: Path, manifest: PoolManifest, clip: 
     # Written aside and renamed when complete: an interrupted pass leaves no partial part behind.
     name = f"part-{len(parts):04d}-{uuid.uuid4().hex[:8]}"
     writing = store / f".{name}"
-    dataset.write_parquet(str(writing), mode="overwrite", min_rows_per_file=rows_per_file)
+    shutil.rmtree(writing, ignore_errors=True)
+    writing.mkdir(parents=True)
+    pending: list[pa.Table] = []
+    files = done = 0
+    started = last = time.perf_counter()
+    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        pending.append(batch)
+        done += batch.num_rows
+        if sum(t.num_rows for t in pending) >= rows_per_file:
+            files = _write_part_file(pending, writing, files)
+            pending = []
+        if progress is not None and time.perf_counter() - last > 10:
+            last = time.perf_counter()
+            progress(f"CLIP embeddings: {done}/{len(missing)} images ({done / (last - started):.0f}/s)")
+    if pending:
+        _write_part_file(pending, writing, files)
+    if progress is not None:
+        progress(f"CLIP embeddings: {done} images in {time.perf_counter() - started:.1f}s")
     writing.rename(store / name)
+
+
+def _write_part_file(tables: list[pa.Table], directory: Path, index: int) -> int:
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.concat_tables(tables), directory / f"{index:05d}.parquet")
+    return index + 1
 
 
 def _rows_with_ids(batch: pa.Table, ids: np.ndarray) -> pa.Table:

@@ -28,7 +28,7 @@ def fit_network(job: TrainJob, storage_path: str | Path, name: str, staging: Pat
     It writes its checkpoint to ``storage_path`` directly, or to ``staging`` and then uploads it
     when storage is a URI.
     """
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     train = job.train
@@ -55,6 +55,8 @@ def fit_network(job: TrainJob, storage_path: str | Path, name: str, staging: Pat
             name=name,
             storage_path=str(storage_path),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
+            # A lost worker restarts the group from the last reported checkpoint (see train.checkpoint_every).
+            failure_config=FailureConfig(max_failures=train.max_failures),
         ),
     )
     result = trainer.fit()
@@ -77,12 +79,18 @@ def _local_result(job: TrainJob, storage_path: str, target: str, metrics: dict[s
 
 
 def _in_tune_trial() -> bool:
-    """Ray Train refuses its local mode inside a Tune trial (ray-project/ray#49454)."""
-    try:
-        from ray.tune.trainable.trainable_fn_utils import _in_tune_session
-    except ImportError:  # a Ray without the check has no such restriction either
-        return False
-    return _in_tune_session()
+    """Whether this process runs a Tune trial: Ray Train refuses its local mode there (ray-project/ray#49454).
+
+    Ray's public context answers: ``tune.get_context().get_trial_id()`` is None outside a trial (it
+    warns that it is meant for trials; that is the question we ask, so the warning is silenced).
+    """
+    import warnings
+
+    from ray import tune
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tune.get_context().get_trial_id() is not None
 
 
 def _fit_in_tune_trial(job: TrainJob, storage_path: str, target: str) -> FitResult:
