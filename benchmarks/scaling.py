@@ -32,8 +32,8 @@ from osal_ray.cluster import connect_ray
 from osal_ray.config import DataConfig, RayConfig, ScoringConfig
 from osal_ray.data import build_split, load_dataset, materialize_pool
 from osal_ray.data.pool import decode_images, pool_paths, to_model_input
+from osal_ray.data.ray_pass import use_v2_reader
 from osal_ray.scoring import score_pool
-from osal_ray.scoring.pool_pass import use_v2_reader
 from osal_ray.strategies import query
 from osal_ray.training import NetworkSpec, save_network
 

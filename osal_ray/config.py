@@ -248,10 +248,12 @@ def set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
 
 def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
     """Build an ExperimentConfig, refusing unknown keys and values of the wrong type."""
-    return _build(ExperimentConfig, raw, "")
+    return build_dataclass(ExperimentConfig, raw, "")
 
 
-def _build(cls: type, raw: Any, path: str) -> Any:
+def build_dataclass(cls: type, raw: Any, path: str) -> Any:
+    """Build dataclass ``cls`` from a mapping with the config's coercion: an unknown key or a value of
+    the wrong type is an InputError naming ``path.key`` (strategy and objective parameters use it too)."""
     if not isinstance(raw, dict):
         raise InputError(path or "config", f"expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -260,14 +262,14 @@ def _build(cls: type, raw: Any, path: str) -> Any:
     for key, value in raw.items():
         dotted = f"{path}.{key}" if path else str(key)
         if key not in names:
-            raise InputError(dotted, f"unknown key; allowed here: {', '.join(names)}")
+            raise InputError(dotted, f"unknown key; allowed here: {', '.join(names) or 'none'}")
         kwargs[key] = _coerce(hints[key], value, dotted)
     return cls(**kwargs)
 
 
 def _coerce(annotation: Any, value: Any, path: str) -> Any:
     if dataclasses.is_dataclass(annotation):
-        return _build(annotation, value, path)
+        return build_dataclass(annotation, value, path)
     origin = typing.get_origin(annotation)
     if origin in (Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -324,8 +326,9 @@ def _number_from_text(text: str, path: str) -> float:
 
 
 def _describe(annotation: Any) -> str:
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return " or ".join(getattr(a, "__name__", None) or str(a) for a in args)
+    args = typing.get_args(annotation)
+    names = [getattr(a, "__name__", None) or str(a) for a in args if a is not type(None)]
+    return " or ".join(names + (["null"] if type(None) in args else []))
 
 
 def dump_config(config: ExperimentConfig) -> str:

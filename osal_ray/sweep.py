@@ -74,9 +74,16 @@ def _representatives(key: str, spec: Any) -> list[Any]:
 
 
 def validate_sweep(config: ExperimentConfig) -> None:
-    """Every swept key and every value it can take must make a valid config; checked before Ray."""
-    from osal_ray.validation import validate_config
+    """The sweep's settings, and every swept key and value: each must make a valid config (values
+    and strategy plans, ``preflight.check_config``); checked before Ray."""
+    from osal_ray.experiment.preflight import check_config
 
+    _check_sweep_settings(config)
+    _check_each_variant(config, check_config)
+
+
+def _check_sweep_settings(config: ExperimentConfig) -> None:
+    """Searcher, scheduler, metric, resources and the shape of every swept key's values."""
     sweep = config.sweep
     if sweep.searcher not in SEARCHERS:
         raise InputError("sweep.searcher", f"{sweep.searcher!r} is not one of {', '.join(SEARCHERS)}")
@@ -99,7 +106,6 @@ def validate_sweep(config: ExperimentConfig) -> None:
         _representatives(key, spec)
         if sweep.searcher == "optuna" and "grid" in spec:
             raise InputError(f"sweep.space.{key}", "the optuna searcher samples; use choice instead of grid")
-    _check_each_variant(config, validate_config)
     if sweep.metric_strategy is not None:
         if "strategy" in sweep.space:
             raise InputError("sweep.metric_strategy", "with strategy swept, each trial runs one strategy and is scored "
@@ -109,26 +115,17 @@ def validate_sweep(config: ExperimentConfig) -> None:
 
 
 def check_sweep(config: ExperimentConfig) -> None:
-    """Everything a sweep can be refused for, before Ray: the config, the search space, and for the
-    base config and every swept value the data, splits, budget and CLIP weights its trials need."""
-    from osal_ray.data import load_dataset
-    from osal_ray.experiment.runner import check_clip_weights, check_splits
-    from osal_ray.validation import validate_config
+    """Everything a sweep can be refused for, before Ray (``preflight``, once each): the base config,
+    the search space, the resume of a saved sweep, then for the base config and every swept value
+    the plans, data, splits, budget, annotator and CLIP weights its trials need."""
+    from osal_ray.experiment.preflight import check_config, check_data, check_experiment
 
-    validate_config(config)
-    validate_sweep(config)
+    plans = check_config(config)
+    _check_sweep_settings(config)
     check_sweep_resume(config)
     sources: dict[str, Any] = {}
-
-    def check_data(variant: ExperimentConfig) -> None:
-        data_key = json.dumps(variant.to_dict()["data"], sort_keys=True)
-        if data_key not in sources:
-            sources[data_key] = load_dataset(variant.data)
-        check_splits(variant, sources[data_key])
-        check_clip_weights(variant)
-
-    check_data(config)
-    _check_each_variant(config, check_data)
+    check_data(config, plans, sources)
+    _check_each_variant(config, lambda variant: check_experiment(variant, sources))
 
 
 def variant_config(base: dict[str, Any], values: dict[str, Any]) -> ExperimentConfig:

@@ -9,7 +9,7 @@ import re
 
 from osal_ray.config import ExperimentConfig
 from osal_ray.errors import InputError
-from osal_ray.training.losses import WEIGHT_REDUCTIONS
+from osal_ray.training.objective_params import WEIGHT_REDUCTIONS
 
 PROTOCOLS = ("mismatch", "ood_ratio")
 ORACLE_KINDS = ("auto", "simulated", "files")
@@ -31,9 +31,6 @@ def validate_config(config: ExperimentConfig) -> None:
     _require(len(set(config.strategies)) == len(config.strategies), "strategies", f"repeated strategies in {config.strategies}")
     for name in config.strategies:
         STRATEGIES.get(name, "strategies")
-    for name in config.strategy_params:
-        strategy = STRATEGIES.get(name, f"strategy_params.{name}")
-        strategy.resolve_params(strategy.params_from(config))
 
     data = config.data
     DATASETS.get(data.dataset, "data.dataset")

@@ -157,17 +157,17 @@ def test_calibration_never_turns_a_feature_against_its_meaning():
 
 
 def test_osal_uses_clipn_purity_when_the_job_configures_clip_weights(digits_config):
-    from osal_ray.experiment.runner import stored_columns_needed
+    from osal_ray.experiment.plan import plan_experiment, stored_columns_needed
 
     osal = get_strategy("osal")
     plain = digits_config(strategies=["osal"])
     assert osal.params_from(plain)["clip"] is False
     assert "clip_cos_yes" not in osal.required_columns(osal.params_from(plain))
-    assert "clip_embedding" not in stored_columns_needed(plain)
+    assert "clip_embedding" not in stored_columns_needed(plan_experiment(plain))
     with_clip = digits_config(strategies=["osal"], **{"clip.checkpoint": "/weights/clipn.pt"})
     assert osal.params_from(with_clip)["clip"] is True
     assert {"clip_cos_yes", "clip_cos_no"} <= set(osal.required_columns(osal.params_from(with_clip)))
-    assert "clip_embedding" in stored_columns_needed(with_clip)
+    assert "clip_embedding" in stored_columns_needed(plan_experiment(with_clip))
     # The job's own setting wins over the derived default.
     off = digits_config(strategies=["osal"], strategy_params={"osal": {"clip": False}}, **{"clip.checkpoint": "/weights/clipn.pt"})
     assert osal.params_from(off)["clip"] is False

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from osal_ray.config import ExperimentConfig, config_from_dict, load_config
 from osal_ray.errors import InputError
@@ -98,8 +99,10 @@ def test_malformed_yaml_and_set(tmp_path):
     ],
 )
 def test_meaning_errors_name_the_field(overrides, field):
+    from osal_ray.experiment.preflight import check_config
+
     with pytest.raises(InputError) as info:
-        validate_config(load_config(None, overrides))
+        check_config(load_config(None, overrides))  # the config's values, then the strategies' plans
     assert info.value.field == field
 
 
@@ -164,3 +167,41 @@ def test_readme_documents_every_config_key():
 
     missing = [k for k in keys(ExperimentConfig) if f"`{k}`" not in readme]
     assert not missing, f"README configuration reference lacks {missing}"
+
+
+def _strategy_parameter_rows(readme: str) -> list[tuple[str, set[str], str]]:
+    """(parameter, strategies, default cell) of every row of the README's strategy-parameter table."""
+    header = "| parameter | strategies | default | meaning |"
+    assert header in readme, "README lacks the strategy-parameter table"
+    rows = []
+    for line in readme[readme.index(header):].split("\n")[2:]:
+        if not line.startswith("| `"):
+            break
+        name, strategies, default = (cell.strip() for cell in line.strip("|").split(" | ")[:3])
+        rows.append((name.strip("`"), {s.strip() for s in strategies.split(",")}, default.strip("`")))
+    return rows
+
+
+def _same_default(cell: str, value) -> bool:
+    parsed = yaml.safe_load(cell)
+    if isinstance(value, float) and isinstance(parsed, (str, int)) and not isinstance(parsed, bool):
+        parsed = float(parsed)  # YAML 1.1 reads 1e-06 as a string
+    return parsed == value
+
+
+def test_readme_documents_every_strategy_parameter_with_its_default():
+    from osal_ray.strategies import STRATEGIES, get_strategy
+
+    rows = _strategy_parameter_rows((REPO / "README.md").read_text())
+    problems = []
+    for name in STRATEGIES.names():
+        for parameter, default in get_strategy(name).defaults.items():
+            matching = [cell for p, strategies, cell in rows if p == parameter and name in strategies]
+            if len(matching) != 1:
+                problems.append(f"{name}.{parameter}: {len(matching)} rows")
+            elif not _same_default(matching[0], default):
+                problems.append(f"{name}.{parameter}: README default {matching[0]!r}, code {default!r}")
+    for parameter, strategies, _ in rows:
+        problems += [f"{s}.{parameter}: documented but not a parameter" for s in strategies
+                     if s not in STRATEGIES or parameter not in get_strategy(s).defaults]
+    assert not problems, problems

@@ -181,21 +181,23 @@ def test_impossible_parameters_name_the_key(name, params, key):
 
 def test_detector_plans_follow_the_method_unless_configured(digits_config):
     from osal_ray.data.pool import PoolManifest
-    from osal_ray.experiment.networks import plan_networks
+    from osal_ray.experiment.plan import plan_strategy
+
+    def networks(config, name):
+        return {r.name: r for r in plan_strategy(config, name).networks}
 
     manifest = PoolManifest("/x", "digits", (8, 8, 1), 16.0, (0.3,), (0.4,), tuple("0123456789"), (3, 8), ("p.parquet",), "t.parquet", 10, 1, 1, "f")
     config = digits_config()
-    jsosal_plans = {p.name: p for p in plan_networks(config, manifest, get_strategy("jsosal"))}
+    jsosal_plans = networks(config, "jsosal")
     assert set(jsosal_plans) == {"classifier", "detector"}
     detector = jsosal_plans["detector"]
-    assert detector.spec.num_outputs == 3 and detector.include_invalid
-    assert detector.objective_params == {"temperature": 0.5, "class_weights": "inverse_frequency", "class_weight_reduction": "weighted_mean"}
-    lfosa_detector = {p.name: p for p in plan_networks(config, manifest, get_strategy("lfosa"))}["detector"]
-    assert lfosa_detector.objective_params["class_weights"] == "none"
-    assert [p.name for p in plan_networks(config, manifest, get_strategy("entropy"))] == ["classifier"]
+    assert detector.spec(manifest).num_outputs == 3 and detector.include_invalid
+    assert detector.objective_params.to_dict() == {"temperature": 0.5, "class_weights": "inverse_frequency", "class_weight_reduction": "weighted_mean"}
+    assert networks(config, "lfosa")["detector"].objective_params.class_weights == "none"
+    assert list(networks(config, "entropy")) == ["classifier"]
     ablation = digits_config(**{"detector.class_weights": "none", "detector.temperature": 1.0})
-    plan = {p.name: p for p in plan_networks(ablation, manifest, get_strategy("jsosal"))}["detector"]
-    assert plan.objective_params == {"temperature": 1.0, "class_weights": "none", "class_weight_reduction": "weighted_mean"}
+    plan = networks(ablation, "jsosal")["detector"]
+    assert plan.objective_params.to_dict() == {"temperature": 1.0, "class_weights": "none", "class_weight_reduction": "weighted_mean"}
     ids, labels = plan.training_set([1, 2], [0, 1], [7, 9], num_known=2, pool_ids=lambda: np.arange(20))
     assert (ids, labels) == ([1, 2, 7, 9], [0, 1, 2, 2])
 

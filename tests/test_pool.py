@@ -57,7 +57,7 @@ def test_same_split_with_other_names_or_pixels_is_rewritten(tmp_path):
 
 def test_parquet_reader_choice_by_pool_size():
     from osal_ray.config import ScoringConfig
-    from osal_ray.scoring.pool_pass import V2_READER_FROM_ROWS, use_v2_reader
+    from osal_ray.data.ray_pass import V2_READER_FROM_ROWS, use_v2_reader
 
     auto = ScoringConfig()
     assert auto.parquet_reader == "auto"

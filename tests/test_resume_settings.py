@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from osal_ray.config import load_config
 from osal_ray.errors import InputError
-from osal_ray.experiment.state import RunState, open_run_state, run_settings
+from osal_ray.experiment.plan import plan_strategy
+from osal_ray.experiment.state import RunState, open_run_state as open_planned, run_settings
+
+
+def open_run_state(location, config, strategy, seed):
+    return open_planned(location, config, plan_strategy(config, strategy), seed)
 
 
 def _saved(tmp_path, overrides, strategy="jsosal"):
     config = load_config(None, overrides)
     location = str(tmp_path / "state.json")
-    RunState(strategy, 0, run_settings(config, strategy, 0)).save(location)
+    RunState(strategy, 0, run_settings(config, plan_strategy(config, strategy), 0)).save(location)
     return location
 
 
@@ -74,7 +81,7 @@ def test_a_clip_run_saved_before_weights_were_compared_by_content_resumes(tmp_pa
 
 def test_the_clip_embedding_cache_is_keyed_by_the_weights_content(tmp_path):
     from osal_ray.config import ClipConfig
-    from osal_ray.scoring.clip import clip_key
+    from osal_ray.data.clip_store import clip_key
 
     weights = tmp_path / "clipn.pt"
     weights.write_bytes(b"first weights")
@@ -84,3 +91,32 @@ def test_the_clip_embedding_cache_is_keyed_by_the_weights_content(tmp_path):
     assert clip_key(ClipConfig(checkpoint=str(moved))) == first  # where the file lives does not matter
     weights.write_bytes(b"other weights at the same path")
     assert clip_key(ClipConfig(checkpoint=str(weights))) != first
+
+
+V0_STATES = Path(__file__).parent / "fixtures" / "states_v0"
+
+
+@pytest.mark.parametrize("strategy", sorted(p.stem for p in V0_STATES.glob("*.json") if p.stem != "overrides"))
+def test_a_state_written_before_typed_parameters_still_resumes(strategy, tmp_path, monkeypatch):
+    """States written by osal_ray at commit 97601a7 (parameters as dicts), with non-default parameters."""
+    import json
+    import shutil
+
+    monkeypatch.chdir(V0_STATES.parents[2])  # the recorded CLIP checkpoint path is relative to the repository
+    overrides = json.loads((V0_STATES / "overrides.json").read_text())
+    location = str(tmp_path / "state.json")
+    shutil.copy(V0_STATES / f"{strategy}.json", location)
+    assert open_run_state(location, load_config(None, overrides), strategy, 0) is not None
+
+
+def test_a_state_written_before_typed_parameters_is_refused_when_a_parameter_changed(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    monkeypatch.chdir(V0_STATES.parents[2])
+    overrides = json.loads((V0_STATES / "overrides.json").read_text())
+    location = str(tmp_path / "state.json")
+    shutil.copy(V0_STATES / "vlpure.json", location)
+    with pytest.raises(InputError, match="params.base_params.chunk_size"):
+        open_run_state(location, load_config(None, overrides + ["strategy_params.vlpure.base_params={chunk_size: 64}"]),
+                       "vlpure", 0)

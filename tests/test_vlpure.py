@@ -181,8 +181,8 @@ def test_every_sample_is_embedded_once_per_job_across_seeds(ray_session, tiny_cl
 
     from osal_ray.config import ClipConfig, DataConfig, ScoringConfig
     from osal_ray.data import build_split, load_dataset, materialize_pool
+    from osal_ray.data.clip_store import clip_key, ensure_clip_embeddings
     from osal_ray.data.pool import pool_paths, read_table
-    from osal_ray.scoring.clip import clip_key, ensure_clip_embeddings
 
     clip = ClipConfig(model_name="tiny-vlpure", model_config=TINY, checkpoint=tiny_clipn_checkpoint, batch_size=128)
     data = DataConfig(protocol="ood_ratio", ood_ratio=0.4, initial_size=20)

@@ -25,6 +25,7 @@ from typing import Any
 
 import open_clip
 import torch
+from huggingface_hub import try_to_load_from_cache
 from open_clip import pretrained as oc_pretrained
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
@@ -336,10 +337,9 @@ def find_cached_pretrained(model_name: str, tag: str) -> str | None:
         names = [filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
         if filename.endswith((".bin", ".pth")):
             names.insert(0, filename[:-4] + ".safetensors")
-        for snapshot in _snapshots(_hf_repo_dir(repo_id)):
-            for name in names:
-                if (snapshot / name).is_file():
-                    return str(snapshot / name)
+        found = find_in_hf_cache(repo_id, names)
+        if found is not None:
+            return found
     url = cfg.get("url", "")
     if url:
         target = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
@@ -348,26 +348,37 @@ def find_cached_pretrained(model_name: str, tag: str) -> str | None:
     return None
 
 
+def find_in_hf_cache(repo_id: str, names: list[str]) -> str | None:
+    """The first of ``names`` in the Hugging Face cache of model ``repo_id``: at the revision ``main``
+    points to, else at any other cached commit (a download by commit hash writes no ref). No network."""
+    cache = hf_hub_cache_dir()
+    for revision in [None, *_cached_commits(repo_id)]:
+        for name in names:
+            found = try_to_load_from_cache(repo_id, name, cache_dir=cache, revision=revision)
+            if isinstance(found, str):
+                return found
+            # None (not cached) and _CACHED_NO_EXIST (a download found no such file there) both mean: not here.
+    return None
+
+
 def hf_hub_cache_dir() -> Path:
-    """Where huggingface_hub keeps downloads (HF_HUB_CACHE, HF_HOME/hub, or ~/.cache/huggingface/hub)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]) / "hub"
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(cache) / "huggingface" / "hub"
+    """Where huggingface_hub keeps downloads (HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, HF_HOME/hub, or
+    $XDG_CACHE_HOME/huggingface/hub), resolved as ``huggingface_hub.constants`` does but when called:
+    the library reads the environment once, at import."""
+    hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if hub:
+        return Path(os.path.expandvars(os.path.expanduser(hub)))
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(os.path.expandvars(os.path.expanduser(home))) / "hub"
 
 
 def _hf_repo_dir(repo_id: str) -> Path:
     return hf_hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
 
 
-def _snapshots(repo_dir: Path) -> list[Path]:
-    ref = repo_dir / "refs" / "main"
-    ordered = [repo_dir / "snapshots" / ref.read_text().strip()] if ref.is_file() else []
-    if (repo_dir / "snapshots").is_dir():
-        ordered += sorted(p for p in (repo_dir / "snapshots").iterdir() if p not in ordered)
-    return [p for p in ordered if p.is_dir()]
+def _cached_commits(repo_id: str) -> list[str]:
+    snapshots = _hf_repo_dir(repo_id) / "snapshots"
+    return sorted(p.name for p in snapshots.iterdir() if p.is_dir()) if snapshots.is_dir() else []
 
 
 def _resolve_source(

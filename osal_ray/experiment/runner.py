@@ -14,19 +14,17 @@ from typing import Any, Callable
 
 from osal_ray import storage
 from osal_ray.config import ExperimentConfig, dump_config
-from osal_ray.data import ImagePoolSource, OpenSetSplit, SourceDataset, build_split, load_dataset, materialize_pool
+from osal_ray.data import ImagePoolSource, SourceDataset, materialize_pool
 from osal_ray.data.pool import PoolManifest
 from osal_ray.errors import InputError
 from osal_ray.experiment.oracle import Annotator, QueryRequest, SimulatedOracle
 from osal_ray.experiment.outputs import plot_curves, rounds_frame, write_tables
+from osal_ray.experiment.plan import StrategyPlan, stored_columns_needed
+from osal_ray.experiment.preflight import check_config, check_data, check_resume, oracle_kind, run_location
 from osal_ray.experiment.report import round_header, round_row, summary_table
-from osal_ray.experiment.state import STATE_FILE, RoundRecord, RunState, atomic_write_text, open_run_state, saved_trajectories
+from osal_ray.experiment.state import RoundRecord, RunState, atomic_write_text
 from osal_ray.experiment.trajectory import RunContext, run_trajectory
 from osal_ray.lock import OutputLock
-from osal_ray.models import model_input
-from osal_ray.scoring import stored_columns_for
-from osal_ray.strategies import get_strategy
-from osal_ray.validation import validate_config
 
 
 @dataclass(frozen=True)
@@ -43,6 +41,7 @@ class PreparedExperiment:
     """A validated experiment whose data is on disk (an ``image_pool`` is decoded once Ray runs)."""
 
     config: ExperimentConfig
+    plans: dict[str, StrategyPlan]
     output_dir: Path
     seeds: list[PreparedSeed]
     states: dict[tuple[str, int], RunState | None]
@@ -51,106 +50,32 @@ class PreparedExperiment:
     waiting: str | None = None  # a human round still lacks labels: nothing to do (the message says what)
 
 
-def run_location(storage_root: str, strategy: str, seed: int) -> str:
-    """Where a run's state lives under the storage root (a directory or a URI)."""
-    return storage.join(storage_root, "runs", strategy, f"seed_{seed}")
-
-
-def oracle_kind(config: ExperimentConfig) -> str:
-    """``oracle.kind`` with ``auto`` resolved: files for ``image_pool``, simulated otherwise."""
-    if config.oracle.kind != "auto":
-        return config.oracle.kind
-    return "files" if config.data.dataset == ImagePoolSource.name else "simulated"
-
-
-def check_splits(config: ExperimentConfig, source: SourceDataset | ImagePoolSource) -> list[OpenSetSplit]:
-    """Every seed's split of ``source``, each checked to hold the whole budget. Writes nothing.
-
-    An image pool has no split (its folders are the split); its budget is checked against the
-    unlabeled files listed (decoding may still find some unreadable).
-    """
-    needed = config.al.budget * config.al.rounds
-    if isinstance(source, ImagePoolSource):
-        available = sum(e.role == "unlabeled" for e in source.entries)
-        if needed > available:
-            raise InputError("al.budget", f"{config.al.rounds} rounds x {config.al.budget} = {needed} queries, but "
-                                          f"{source.root / 'unlabeled'} holds only {available} files; lower al.budget or al.rounds")
-        return []
-    splits = []
-    for seed in config.seeds:
-        split = build_split(config.data, source.train.labels, source.test.labels, source.class_names, seed)
-        available = len(split.pool_ids) - len(split.initial_ids)
-        if needed > available:
-            raise InputError(
-                "al.budget",
-                f"{config.al.rounds} rounds x {config.al.budget} = {needed} queries, but the pool has only "
-                f"{available} unlabeled samples (seed {seed}); lower al.budget or al.rounds",
-            )
-        splits.append(split)
-    return splits
-
-
-def check_oracle(config: ExperimentConfig, source: SourceDataset | ImagePoolSource) -> None:
-    """A simulated annotator needs the truth: a labeled dataset, or an image pool's truth file."""
-    if oracle_kind(config) != "simulated" or not isinstance(source, ImagePoolSource):
-        return
-    if config.oracle.truth_file is None:
-        raise InputError("oracle.kind", "image_pool has no true labels to simulate an annotator with; use oracle.kind: files "
-                                        "(people label) or give oracle.truth_file (a CSV of key,label or path,label)")
-    if not Path(config.oracle.truth_file).is_file():
-        raise InputError("oracle.truth_file", f"no such file: {config.oracle.truth_file}")
-
-
-def check_clip_weights(config: ExperimentConfig) -> None:
-    """Where some strategy or network reads CLIP embeddings, the CLIPN weights must be reachable."""
-    if "clip_embedding" in stored_columns_needed(config):
-        from osal_ray.extras import require_extra
-
-        require_extra("open_clip", "strategies", "a CLIP score (VLPure-AL, or purity in mqnet/osal)")
-        from osal_ray.clip import check_clipn_weights
-
-        clip = config.clip
-        check_clipn_weights(clip.model_name, checkpoint=clip.checkpoint, pretrained=clip.pretrained,
-                            model_config=clip.model_config, allow_download=clip.allow_download)
-
-
 def prepare_experiment(config: ExperimentConfig, log: Callable[[str], None] = print) -> PreparedExperiment:
-    """Validate, lock the output directory, check resumability, build splits and write the pools.
+    """Check everything (``preflight``), lock the output directory, build splits and write the pools.
 
     No Ray: an ``image_pool`` is only listed and checked here (``run_experiment`` decodes it).
     """
-    validate_config(config)
+    plans = check_config(config)
     output_dir = config.resolved_output_dir().resolve()
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError("--output-dir", f"{output_dir} exists and is not a directory")
     lock = OutputLock.acquire(output_dir)
     try:
-        return _prepare(config, output_dir, lock, log)
+        return _prepare(config, plans, output_dir, lock, log)
     except BaseException:
         lock.release()
         raise
 
 
-def _prepare(config: ExperimentConfig, output_dir: Path, lock: OutputLock, log: Callable[[str], None]) -> PreparedExperiment:
-    root = config.resolved_storage()
-    states = {
-        (strategy, seed): open_run_state(storage.join(run_location(root, strategy, seed), STATE_FILE), config, strategy, seed)
-        for seed in config.seeds
-        for strategy in config.strategies
-    }
-    # Trajectories this config does not name stay in the directory's tables; they must share its settings.
-    for strategy, seed in saved_trajectories(root):
-        if (strategy, seed) not in states:
-            states[(strategy, seed)] = open_run_state(storage.join(run_location(root, strategy, seed), STATE_FILE), config,
-                                                      strategy, seed, shared_only=True)
+def _prepare(config: ExperimentConfig, plans: dict[str, StrategyPlan], output_dir: Path, lock: OutputLock,
+             log: Callable[[str], None]) -> PreparedExperiment:
+    states = check_resume(config, plans)
     if oracle_kind(config) == "files":
         waiting = _incomplete_round(output_dir)
         if waiting is not None:
-            return PreparedExperiment(config, output_dir, [], states, lock, waiting=waiting)
-    source = load_dataset(config.data)
-    splits = check_splits(config, source)
-    check_oracle(config, source)
-    check_clip_weights(config)
+            return PreparedExperiment(config, plans, output_dir, [], states, lock, waiting=waiting)
+    checked = check_data(config, plans)
+    source, splits = checked.source, checked.splits
     prepared = []
     if isinstance(source, SourceDataset):
         for seed, split in zip(config.seeds, splits):
@@ -166,7 +91,8 @@ def _prepare(config: ExperimentConfig, output_dir: Path, lock: OutputLock, log: 
         log(f"image_pool {source.root}: known classes [{', '.join(source.class_names)}], unknown label "
             f"{source.unknown_label!r}; {len(source.entries)} files listed")
     atomic_write_text(output_dir / "config.yaml", dump_config(config))
-    experiment = PreparedExperiment(config, output_dir, prepared, states, lock, source if isinstance(source, ImagePoolSource) else None)
+    experiment = PreparedExperiment(config, plans, output_dir, prepared, states, lock,
+                                    source if isinstance(source, ImagePoolSource) else None)
     if oracle_kind(config) == "files" and prepared:
         experiment.seeds = _with_files_annotator(experiment, [s.manifest for s in prepared])
     return experiment
@@ -183,23 +109,12 @@ def _with_files_annotator(experiment: PreparedExperiment, manifests: list[PoolMa
     return [PreparedSeed(seed, manifest, annotator) for seed, manifest in zip(config.seeds, manifests)]
 
 
-def stored_columns_needed(config: ExperimentConfig, strategies: list[str] | None = None) -> set[str]:
-    """Stored pool columns beyond the image that the networks' inputs or the strategies' scores read
-    (``strategies``: those of the config by default)."""
-    needed = {model_input(config.model.classifier)}
-    if config.model.detector:
-        needed.add(model_input(config.model.detector))
-    for name in config.strategies if strategies is None else strategies:
-        strategy = get_strategy(name)
-        needed |= stored_columns_for(strategy.required_columns(strategy.params_from(config)))
-    return needed - {"image"}
-
-
-def with_stored_columns(config: ExperimentConfig, seed: PreparedSeed, log: Callable[[str], None] | None = None) -> PreparedSeed:
+def with_stored_columns(config: ExperimentConfig, plans: dict[str, StrategyPlan], seed: PreparedSeed,
+                        log: Callable[[str], None] | None = None) -> PreparedSeed:
     """The seed's pool with the stored columns its runs need (the CLIP embedding pass, once per job)."""
-    if "clip_embedding" not in stored_columns_needed(config):
+    if "clip_embedding" not in stored_columns_needed(plans):
         return seed
-    from osal_ray.scoring.clip import ensure_clip_embeddings
+    from osal_ray.data.clip_store import ensure_clip_embeddings
 
     manifest = ensure_clip_embeddings(seed.manifest, config.clip, config.scoring, config.data.pool_files, log)
     return dataclasses.replace(seed, manifest=manifest)
@@ -254,11 +169,11 @@ def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Calla
 
     log(round_header())
     for prepared_seed in prepared.seeds:
-        prepared_seed = with_stored_columns(config, prepared_seed, log)
-        for name in config.strategies:
+        prepared_seed = with_stored_columns(config, prepared.plans, prepared_seed, log)
+        for name, plan in prepared.plans.items():
             context = RunContext(
                 config=config,
-                strategy=get_strategy(name),
+                plan=plan,
                 seed=prepared_seed.seed,
                 manifest=prepared_seed.manifest,
                 annotator=prepared_seed.annotator,

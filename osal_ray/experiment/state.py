@@ -17,6 +17,7 @@ import numpy as np
 from osal_ray import storage
 from osal_ray.config import ExperimentConfig
 from osal_ray.errors import InputError
+from osal_ray.experiment.plan import StrategyPlan, plan_strategy
 
 STATE_FILE = "state.json"
 STATE_VERSION = 1
@@ -150,7 +151,7 @@ DATA_LOCATION_KEYS = ("root", "download", "verify_checksums", "pool_files")
 CLIP_IDENTITY_KEYS = ("model_name", "checkpoint", "pretrained", "model_config", "domain", "templates")
 
 
-def run_settings(config: ExperimentConfig, strategy: str, seed: int) -> dict[str, Any]:
+def run_settings(config: ExperimentConfig, plan: StrategyPlan, seed: int) -> dict[str, Any]:
     """The configuration values that decide a run's results.
 
     Resources (workers, actors, GPUs, Ray address), the output location, where the data lives
@@ -158,23 +159,20 @@ def run_settings(config: ExperimentConfig, strategy: str, seed: int) -> dict[str
     moved, or be extended with more rounds. Strategy parameters are compared resolved, so
     spelling out a default is no difference; the CLIP model counts where the run uses it.
     """
-    from osal_ray.experiment.runner import stored_columns_needed
-    from osal_ray.strategies import get_strategy
-
     full = config.to_dict()
     train = {k: v for k, v in full["train"].items() if k not in ("num_workers", "use_gpu", "cpus_per_worker", "checkpoint_every", "max_failures")}
     settings = {
-        "strategy": strategy,
+        "strategy": plan.name,
         "seed": seed,
-        "params": get_strategy(strategy).resolve_params(get_strategy(strategy).params_from(config)),
+        "params": plan.params.to_dict(),
         "data": {k: v for k, v in full["data"].items() if k not in DATA_LOCATION_KEYS},
         "budget": full["al"]["budget"],
         "model": full["model"],
         "train": train,
         "detector": full["detector"],
     }
-    if "clip_embedding" in stored_columns_needed(config, [strategy]):
-        from osal_ray.scoring.clip import clip_weights_digest
+    if plan.uses_clip:
+        from osal_ray.data.clip_store import clip_weights_digest
 
         settings["clip"] = {**{k: full["clip"][k] for k in CLIP_IDENTITY_KEYS}, "weights_digest": clip_weights_digest(config.clip)}
     return settings
@@ -218,8 +216,10 @@ def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = 
 SHARED_SETTINGS = ("data", "budget", "model", "train", "detector")
 
 
-def open_run_state(location: str, config: ExperimentConfig, strategy: str, seed: int, shared_only: bool = False) -> RunState | None:
-    """The saved state of this run, None if there is none; InputError if it was made differently.
+def open_run_state(location: str, config: ExperimentConfig, plan: StrategyPlan, seed: int,
+                   shared_only: bool = False) -> RunState | None:
+    """The saved state of ``plan``'s strategy and ``seed``, None if there is none; InputError if it
+    was made differently.
 
     ``shared_only``: compare only what all trajectories of a directory share (for a trajectory the
     config does not name: it stays in the directory's tables, so it must be comparable).
@@ -228,9 +228,11 @@ def open_run_state(location: str, config: ExperimentConfig, strategy: str, seed:
         return None
     state = RunState.load(location)
     # Compare through JSON so that tuples and lists, ints and floats compare as they were saved.
-    wanted = json.loads(json.dumps(run_settings(config, strategy, seed), default=_json_default))
+    wanted = json.loads(json.dumps(run_settings(config, plan, seed), default=_json_default))
     # A key the saved run did not know yet (an older osal_ray) counts as its default value.
-    defaults = json.loads(json.dumps(run_settings(ExperimentConfig(), strategy, seed), default=_json_default))
+    default_config = ExperimentConfig()
+    defaults = json.loads(json.dumps(run_settings(default_config, plan_strategy(default_config, plan.name), seed),
+                                     default=_json_default))
     if shared_only:
         wanted = {k: v for k, v in wanted.items() if k in SHARED_SETTINGS}
     saved_clip = state.settings.get("clip")
@@ -243,7 +245,7 @@ def open_run_state(location: str, config: ExperimentConfig, strategy: str, seed:
                 "seed of one directory shares data, budget, model, training and detector)")
         raise InputError(
             "--output-dir",
-            f"{location} holds a {strategy} seed {seed} run {made}: {'; '.join(differences[:5])}. "
+            f"{location} holds a {plan.name} seed {seed} run {made}: {'; '.join(differences[:5])}. "
             "Use another --output-dir, or delete it to start over",
         )
     return state

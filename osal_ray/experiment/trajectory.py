@@ -29,13 +29,14 @@ from osal_ray.errors import NON_FINITE_MARKER, TrainingDiverged
 from osal_ray.data.image_pool import read_absent_ids, read_initial_labels
 from osal_ray.data.pool import PoolManifest, initial_ids, read_pool_ids
 from osal_ray.experiment import metrics
-from osal_ray.experiment.networks import NetworkPlan, network_seed, plan_networks
+from osal_ray.experiment.networks import network_seed
+from osal_ray.experiment.plan import StrategyPlan
 from osal_ray.experiment.oracle import SKIPPED, UNKNOWN, Annotator
 from osal_ray.experiment.state import STATE_FILE, PendingQuery, QueryRecord, RoundRecord, RunState, run_settings
-from osal_ray.scoring import context_for, score_pool
+from osal_ray.scoring import score_pool
 from osal_ray.scoring.context import ScoringState, build_context
-from osal_ray.strategies import LabeledScores, PoolScores, QueryContext, Selection, Strategy
-from osal_ray.training import TrainJob, fit_network
+from osal_ray.strategies import LabeledScores, PoolScores, QueryContext, Selection
+from osal_ray.training import NetworkSpec, TrainJob, fit_network
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class RunContext:
     """Everything one trajectory needs; built by the experiment runner."""
 
     config: ExperimentConfig
-    strategy: Strategy
+    plan: StrategyPlan
     seed: int
     manifest: PoolManifest
     annotator: Annotator
@@ -55,19 +56,19 @@ class RunContext:
 
     @property
     def label(self) -> str:
-        return f"[{self.strategy.name} seed={self.seed}]"
+        return f"[{self.plan.name} seed={self.seed}]"
 
 
 def run_trajectory(ctx: RunContext, state: RunState | None) -> RunState:
     """Run (or continue) the trajectory until ``al.rounds`` rounds are finished, or until it waits
     for labels (``state.pending`` is then set and the annotator has not answered yet)."""
-    plans = plan_networks(ctx.config, ctx.manifest, ctx.strategy)
+    specs = {recipe.name: recipe.spec(ctx.manifest) for recipe in ctx.plan.networks}
     state_path = storage.join(ctx.run_location, STATE_FILE)
     if state is None:
-        state = RunState(ctx.strategy.name, ctx.seed, run_settings(ctx.config, ctx.strategy.name, ctx.seed))
+        state = RunState(ctx.plan.name, ctx.seed, run_settings(ctx.config, ctx.plan, ctx.seed))
         state.rng_state = np.random.default_rng(np.random.SeedSequence([ctx.seed, 0xA1])).bit_generator.state
     if state.completed_round < 0:
-        record = _initial_round(ctx, state, plans)
+        record = _initial_round(ctx, state, specs)
         state.save(state_path)
         ctx.on_round(state, record)
     elif state.pending is None and state.completed_round < ctx.config.al.rounds:
@@ -77,16 +78,16 @@ def run_trajectory(ctx: RunContext, state: RunState | None) -> RunState:
             answers = ctx.annotator.answers(state.pending.round, np.asarray(state.pending.ids, dtype=np.int64))
             if answers is None:
                 return state
-            record = _complete_round(ctx, state, plans, answers)
+            record = _complete_round(ctx, state, specs, answers)
             state.save(state_path)
             ctx.on_round(state, record)
         if state.completed_round >= ctx.config.al.rounds:
             return state
-        _select_round(ctx, state, plans, state.completed_round + 1)
+        _select_round(ctx, state, specs, state.completed_round + 1)
         state.save(state_path)
 
 
-def _initial_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan]) -> RoundRecord:
+def _initial_round(ctx: RunContext, state: RunState, specs: dict[str, NetworkSpec]) -> RoundRecord:
     ids = initial_ids(ctx.manifest)
     given = read_initial_labels(ctx.manifest)
     known = given if given is not None else ctx.annotator.known_index(ids)
@@ -94,7 +95,7 @@ def _initial_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan]) -
     state.labeled_labels = known[known >= 0].tolist()
     state.invalid_ids = ids[known < 0].tolist()
     ctx.log(f"{ctx.label} round 0: training on the initial set ({len(state.labeled_ids)} known, {len(state.invalid_ids)} OOD)")
-    accuracy, seconds = _train_all(ctx, state, plans, 0)
+    accuracy, seconds = _train_all(ctx, state, specs, 0)
     state.completed_round = 0
     record = RoundRecord(
         round=0,
@@ -116,20 +117,19 @@ def _recall(ctx: RunContext, state: RunState) -> float:
     return metrics.recall(len(state.labeled_ids), total) if total is not None else math.nan
 
 
-def _select_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], round_index: int) -> None:
+def _select_round(ctx: RunContext, state: RunState, specs: dict[str, NetworkSpec], round_index: int) -> None:
     """Score the pool, select the round's batch and make it the pending query (labels not yet known)."""
     rounds = ctx.config.al.rounds
     started = time.perf_counter()
-    params = ctx.strategy.params_from(ctx.config)
-    columns = list(ctx.strategy.required_columns(params))
+    columns = list(ctx.plan.columns)
     timings: dict[str, float] = {}
     scores = score_pool(
         ctx.manifest,
         state.checkpoints,
         columns,
         ctx.config.scoring,
-        network_inputs={plan.name: plan.spec.input for plan in plans},
-        context=build_context(context_for(columns), ScoringState(ctx.config, ctx.manifest, state.labeled_ids, state.labeled_labels)),
+        network_inputs={name: spec.input for name, spec in specs.items()},
+        context=build_context(set(ctx.plan.context), ScoringState(ctx.config, ctx.manifest, state.labeled_ids, state.labeled_labels)),
         progress=lambda msg: ctx.log(f"{ctx.label} round {round_index}/{rounds}: {msg}"),
         timings=timings,
     )
@@ -139,7 +139,7 @@ def _select_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], ro
     candidate = ~annotated & ~np.isin(scores.ids, read_absent_ids(ctx.manifest))
     pool = scores.subset(candidate)
     labeled = None
-    if ctx.strategy.needs_labeled:
+    if ctx.plan.strategy.needs_labeled:
         labeled_part = scores.subset(np.isin(scores.ids, state.labeled_or_invalid_ids()))
         labeled = LabeledScores(labeled_part, state.known_index(labeled_part.ids))
     rng = np.random.default_rng()
@@ -147,12 +147,12 @@ def _select_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], ro
     context = QueryContext(
         num_known=ctx.manifest.num_known,
         rng=rng,
-        params=params,
+        params=ctx.plan.params,
         labeled=labeled,
         round=round_index,
         carry=load_carry(ctx.run_location, state.carry_file),
     )
-    selection = ctx.strategy.select(pool, ctx.config.al.budget, context)
+    selection = ctx.plan.strategy.select(pool, ctx.config.al.budget, context)
     state.carry_file = save_carry(ctx.run_location, round_index, selection.carry)
     selected = time.perf_counter()
     chosen = pool.ids[selection.indices]
@@ -171,7 +171,7 @@ def _select_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], ro
     extra["n_scored"] = float(len(scores))
 
 
-def _complete_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], answers: np.ndarray) -> RoundRecord:
+def _complete_round(ctx: RunContext, state: RunState, specs: dict[str, NetworkSpec], answers: np.ndarray) -> RoundRecord:
     """Apply the annotator's labels of the pending query, retrain, evaluate; the round is finished."""
     pending = state.pending
     round_index = pending.round
@@ -200,7 +200,7 @@ def _complete_round(ctx: RunContext, state: RunState, plans: list[NetworkPlan], 
         f"in {pending.seconds['select']:.2f}s"
     )
 
-    accuracy, train_seconds = _train_all(ctx, state, plans, round_index)
+    accuracy, train_seconds = _train_all(ctx, state, specs, round_index)
     state.completed_round = round_index
     state.pending = None
     record = RoundRecord(
@@ -274,11 +274,11 @@ def _digest(ids: list[int], labels: list[int]) -> str:
     return hashlib.sha256(data).hexdigest()[:10]
 
 
-def _train_all(ctx: RunContext, state: RunState, plans: list[NetworkPlan], round_index: int) -> tuple[float, float]:
+def _train_all(ctx: RunContext, state: RunState, specs: dict[str, NetworkSpec], round_index: int) -> tuple[float, float]:
     """Train every planned network on the current labeled set; returns (accuracy, seconds)."""
     started = time.perf_counter()
     accuracy = math.nan
-    for index, plan in enumerate(plans):
+    for index, plan in enumerate(ctx.plan.networks):
         if plan.once and plan.name in state.checkpoints:
             continue  # a frozen network (e.g. the self-supervised encoder) is trained in round 0 only
         train = plan.train
@@ -288,7 +288,7 @@ def _train_all(ctx: RunContext, state: RunState, plans: list[NetworkPlan], round
         )
         job = TrainJob(
             network=plan.name,
-            spec=plan.spec,
+            spec=specs[plan.name],
             manifest=ctx.manifest,
             ids=ids,
             labels=labels,
@@ -301,7 +301,7 @@ def _train_all(ctx: RunContext, state: RunState, plans: list[NetworkPlan], round
             log_prefix=f"{ctx.label} round {round_index}" if train.epochs >= 20 and len(ids) >= 2000 else "",
         )
         # The digest of the training set keeps Ray Train from resuming a run of another labeled set.
-        name = f"{ctx.strategy.name}-seed{ctx.seed}-round{round_index:03d}-{plan.name}-{_digest(ids, labels)}"
+        name = f"{ctx.plan.name}-seed{ctx.seed}-round{round_index:03d}-{plan.name}-{_digest(ids, labels)}"
         try:
             result = fit_network(job, ctx.checkpoint_location, name, staging=ctx.staging)
         except Exception as exc:  # noqa: BLE001  (Ray wraps the worker's error; recognise ours by its marker)

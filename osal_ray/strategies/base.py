@@ -5,7 +5,7 @@ Every strategy is ``select(pool, budget, context) -> Selection``:
 - ``pool`` (PoolScores): the unlabeled candidates' ids and the score columns it declared;
 - ``budget``: how many to query;
 - ``context`` (QueryContext): number of known classes, a seeded numpy Generator, the strategy's
-  parameters, and (for strategies that declare ``needs_labeled``) the same columns for the
+  typed parameters (its ``Params`` dataclass), and (for strategies that declare ``needs_labeled``) the same columns for the
   already annotated samples.
 
 Strategies never touch Ray, files or true labels, so they are unit-tested on hand-made arrays.
@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from osal_ray.errors import InputError
+from osal_ray.params import NoParams, Params
 from osal_ray.registry import Registry
 
 
@@ -68,7 +68,7 @@ class QueryContext:
 
     num_known: int
     rng: np.random.Generator
-    params: Mapping[str, Any] = field(default_factory=dict)
+    params: Any = field(default_factory=dict)  # the strategy's Params (a mapping is resolved by select)
     labeled: LabeledScores | None = None
     round: int = 1
     carry: Mapping[str, np.ndarray] = field(default_factory=dict)
@@ -111,26 +111,32 @@ class NetworkOptions:
     train_overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
-Columns = tuple[str, ...] | Callable[[Mapping[str, Any]], tuple[str, ...]]
-Networks = Mapping[str, NetworkOptions] | Callable[[Mapping[str, Any]], Mapping[str, NetworkOptions]]
+Columns = tuple[str, ...] | Callable[[Any], tuple[str, ...]]
+Networks = Mapping[str, NetworkOptions] | Callable[[Any], Mapping[str, NetworkOptions]]
 
 
 @dataclass(frozen=True)
 class Strategy:
     """A registered strategy: its function, the score columns and networks it needs, its parameters.
 
-    ``columns`` and ``networks`` may depend on the resolved parameters (give a function).
+    ``params_type`` is the strategy's parameter dataclass (a ``osal_ray.params.Params``: its fields are
+    the parameters, their defaults and their checks). ``columns`` and ``networks`` may depend on
+    the resolved parameters (give a function of a ``params`` instance).
     """
 
     name: str
     fn: SelectFn
     columns: Columns
     needs_labeled: bool = False
-    defaults: Mapping[str, Any] = field(default_factory=dict)
+    params_type: type[Params] = NoParams
     description: str = ""
     networks: Networks = field(default_factory=dict)
-    check: Callable[[Mapping[str, Any]], None] | None = None
     job_defaults: Callable[[Any], Mapping[str, Any]] | None = None
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Every parameter with its default value."""
+        return self.params_type().to_dict()
 
     def params_from(self, config: Any) -> dict[str, Any]:
         """This strategy's parameters in an experiment config (unresolved): what the job's
@@ -139,33 +145,28 @@ class Strategy:
         derived = dict(self.job_defaults(config)) if self.job_defaults is not None else {}
         return {**derived, **config.strategy_params.get(self.name, {})}
 
-    def required_columns(self, params: Mapping[str, Any] | None = None) -> tuple[str, ...]:
-        """The score columns this strategy needs with these parameters."""
-        return self._columns_for(self.resolve_params(params))
+    def resolve_params(self, params: "Mapping[str, Any] | Params | None") -> Params:
+        """The typed parameters: ``params`` over the defaults, coerced and checked (InputError naming
+        ``strategy_params.<name>.<key>`` for an unknown, mistyped or impossible value)."""
+        return self.params_type.build(params, f"strategy_params.{self.name}")
 
-    def _columns_for(self, resolved: Mapping[str, Any]) -> tuple[str, ...]:
+    def required_columns(self, params: "Mapping[str, Any] | Params | None" = None) -> tuple[str, ...]:
+        """The score columns this strategy needs with these parameters."""
+        resolved = self.resolve_params(params)
         return tuple(self.columns(resolved)) if callable(self.columns) else tuple(self.columns)
 
-    def network_options(self, params: Mapping[str, Any] | None = None) -> dict[str, NetworkOptions]:
+    def network_options(self, params: "Mapping[str, Any] | Params | None" = None) -> dict[str, NetworkOptions]:
         """Per network, how this strategy wants it trained with these parameters."""
         return dict(self.networks(self.resolve_params(params))) if callable(self.networks) else dict(self.networks)
 
-    def resolve_params(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Defaults overlaid with ``params``; an unknown or impossible parameter is an InputError."""
-        merged = dict(self.defaults)
-        for key, value in (params or {}).items():
-            if key not in self.defaults:
-                allowed = ", ".join(sorted(self.defaults)) or "none"
-                raise InputError(f"strategy_params.{self.name}.{key}", f"unknown parameter {key!r}; allowed: {allowed}")
-            merged[key] = value
-        if self.check is not None:
-            self.check(merged)
-        return merged
-
     def select(self, pool: PoolScores, budget: int, context: QueryContext) -> Selection:
-        """Run the strategy and check its answer (unique, in range, at most ``budget``)."""
-        context = dataclasses.replace(context, params=self.resolve_params(context.params))
-        missing = [c for c in self._columns_for(context.params) if c not in pool.columns]
+        """Run the strategy and check its answer (unique, in range, at most ``budget``).
+
+        ``context.params`` may be this strategy's resolved parameters (the loop passes the plan's) or
+        a mapping (notebooks, tests), which is resolved here."""
+        params = self.resolve_params(context.params)
+        context = dataclasses.replace(context, params=params)
+        missing = [c for c in self.required_columns(params) if c not in pool.columns]
         if missing:
             raise KeyError(f"strategy {self.name!r} needs score columns {missing}")
         if self.needs_labeled and context.labeled is None:
@@ -193,24 +194,24 @@ def register_strategy(
     *,
     columns: Columns,
     needs_labeled: bool = False,
-    defaults: Mapping[str, Any] | None = None,
+    params: type[Params] = NoParams,
     networks: Networks | None = None,
-    check: Callable[[Mapping[str, Any]], None] | None = None,
     job_defaults: Callable[[Any], Mapping[str, Any]] | None = None,
 ) -> Callable[[SelectFn], SelectFn]:
     """Register ``fn(pool, budget, context) -> Selection``; its docstring is its description.
 
-    ``networks`` says how the strategy wants networks trained (e.g. a detector with class
-    weights, a classifier with a loss-prediction head); ``check`` validates resolved parameters;
-    ``job_defaults(config)`` gives parameter values that follow from the rest of the job.
+    ``params`` is the parameter dataclass (defaults and checks in one place); ``networks`` says how
+    the strategy wants networks trained (e.g. a detector with class weights, a classifier with a
+    loss-prediction head); ``job_defaults(config)`` gives parameter values that follow from the
+    rest of the job.
     """
 
     def register(fn: SelectFn) -> SelectFn:
         STRATEGIES.add(
             name,
             Strategy(
-                name, fn, columns if callable(columns) else tuple(columns), needs_labeled, dict(defaults or {}),
-                (fn.__doc__ or "").strip(), networks if networks is not None else {}, check, job_defaults,
+                name, fn, columns if callable(columns) else tuple(columns), needs_labeled, params,
+                (fn.__doc__ or "").strip(), networks if networks is not None else {}, job_defaults,
             ),
         )
         return fn

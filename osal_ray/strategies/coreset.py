@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from osal_ray.params import Params, positive_int, refuse
 from osal_ray.strategies.base import PoolScores, QueryContext, Selection, register_strategy
 
 
-@register_strategy("coreset", columns=("embedding",), needs_labeled=True, defaults={"chunk_size": 4096})
+@dataclass(frozen=True)
+class CoresetParams(Params):
+    """``chunk_size``: pool rows per distance block (memory, not results)."""
+
+    chunk_size: int = 4096
+
+    def check(self, where: str) -> None:
+        if not positive_int(self.chunk_size):
+            refuse(where, "chunk_size", "must be a positive integer")
+
+
+@register_strategy("coreset", columns=("embedding",), needs_labeled=True, params=CoresetParams)
 def coreset(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     """Repeatedly query the pool sample farthest from every annotated sample and every pick so far.
 
@@ -16,7 +30,7 @@ def coreset(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     """
     features = np.asarray(pool["embedding"], dtype=np.float32)
     centres = np.asarray(context.labeled.scores["embedding"], dtype=np.float32) if context.labeled else features[:0]
-    chunk = int(context.params["chunk_size"])
+    chunk = context.params.chunk_size
     norms = (features**2).sum(1)
     nearest = _min_sq_distance(features, norms, centres, chunk)
     if not np.isfinite(nearest).any():

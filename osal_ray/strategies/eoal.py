@@ -17,36 +17,30 @@ baseline crashes; ours is the shared ``random`` strategy.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from osal_ray.clustering import cluster_centres, finch_clusters, finch_partition_at_most
-from osal_ray.errors import InputError
 from osal_ray.strategies.base import NetworkOptions, PoolScores, QueryContext, Selection, register_strategy, top_k
+from osal_ray.training.objective_params import OpenSetLossParams
 
-EOAL_DEFAULTS = {"pareto_alpha": 0.8, "cluster_weight": 0.1, "clusters_per_class": 1, "diversity": True}
+
+@dataclass(frozen=True)
+class EoalParams(OpenSetLossParams):
+    """The detector's loss weights (``OpenSetLossParams``) and whether picks are diversified by FINCH clusters."""
+
+    diversity: bool = True
 
 
-def _networks(params: Mapping[str, Any]) -> dict[str, NetworkOptions]:
+def _networks(params: EoalParams) -> dict[str, NetworkOptions]:
     return {
         "detector": NetworkOptions(
             head="ova",
             objective="eoal",
-            objective_params={k: params[k] for k in ("pareto_alpha", "cluster_weight", "clusters_per_class")},
+            objective_params={k: getattr(params, k) for k in OpenSetLossParams.names()},
         )
     }
-
-
-def _check(params: Mapping[str, Any]) -> None:
-    if not 0.0 <= params["pareto_alpha"] < 1.0:
-        raise InputError("strategy_params.eoal.pareto_alpha", "must be in [0, 1)")
-    if params["cluster_weight"] < 0:
-        raise InputError("strategy_params.eoal.cluster_weight", "must be >= 0")
-    if not isinstance(params["clusters_per_class"], int) or params["clusters_per_class"] < 1:
-        raise InputError("strategy_params.eoal.clusters_per_class", "must be a positive integer")
-    if not isinstance(params["diversity"], bool):
-        raise InputError("strategy_params.eoal.diversity", "must be true or false")
 
 
 def distance_entropy(embeddings: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -84,7 +78,7 @@ def round_robin(scores: np.ndarray, clusters: np.ndarray, budget: int) -> np.nda
 
 @register_strategy(
     "eoal", columns=("det_pred", "ova_closed_entropy", "det_embedding"), needs_labeled=True,
-    defaults=EOAL_DEFAULTS, networks=_networks, check=_check,
+    params=EoalParams, networks=_networks,
 )
 def eoal(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     """EOAL: lowest closed-set minus distance entropy among predicted-known samples, diversified by FINCH clusters."""
@@ -96,11 +90,11 @@ def eoal(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
         invalid = context.labeled.labels < 0
         unknown = np.asarray(context.labeled.scores["det_embedding"], dtype=np.float64)[invalid]
         if len(unknown):
-            centres = cluster_centres(unknown, finch_clusters(unknown, context.params["clusters_per_class"] * k))
+            centres = cluster_centres(unknown, finch_clusters(unknown, context.params.clusters_per_class * k))
             score -= distance_entropy(embeddings, centres)
     predicted_known = np.asarray(pool["det_pred"]) < k
     candidates = np.flatnonzero(predicted_known)
-    if context.params["diversity"] and len(candidates) > budget:
+    if context.params.diversity and len(candidates) > budget:
         clusters = finch_partition_at_most(embeddings[candidates], budget)
         chosen = candidates[round_robin(score[candidates], clusters, budget)]
         n_clusters = int(clusters.max()) + 1

@@ -31,19 +31,86 @@ from typing import Any
 
 import numpy as np
 
-# The LfOSA reference: GaussianMixture(n_components=2, max_iter=10, tol=1e-2, reg_covar=5e-4).
-LFOSA_GMM_OPTIONS = {"max_iter": 10, "tol": 1e-2, "reg_covar": 5e-4}
-# sklearn's BayesianGaussianMixture defaults (the JSOSAL paper gives none): a Dirichlet-process
-# weight prior with concentration 1/n_components, mean precision prior 1, mean and covariance
-# priors from the data, 100 EM iterations, tol 1e-3, reg_covar 1e-6.
-BGMM_DEFAULT_OPTIONS = {
-    "weight_concentration_prior_type": "dirichlet_process",
-    "weight_concentration_prior": None,
-    "mean_precision_prior": None,
-    "max_iter": 100,
-    "tol": 1e-3,
-    "reg_covar": 1e-6,
-}
+from osal_ray.params import Params, positive_int, refuse
+
+
+@dataclass(frozen=True)
+class MixtureParams(Params):
+    """What every mixture strategy shares: parallel fits (``n_jobs``, null: automatic), the subsample
+    a class's mixture is fitted on (``fit_sample_size``, null: all), and when a small component
+    counts as collapsed (weight below ``collapse_weight`` and Ashman's D below ``min_separation``)."""
+
+    n_jobs: int | None = None
+    fit_sample_size: int | None = 50_000
+    collapse_weight: float = 0.01
+    min_separation: float = 2.0
+
+    OPTION_KEYS = ("max_iter", "tol", "reg_covar")
+
+    def check(self, where: str) -> None:
+        if self.n_jobs is not None and not positive_int(self.n_jobs):
+            refuse(where, "n_jobs", "must be null (automatic) or a positive integer")
+        if self.fit_sample_size is not None and not (positive_int(self.fit_sample_size) and self.fit_sample_size >= 100):
+            refuse(where, "fit_sample_size", "must be null (fit on every sample) or an integer >= 100")
+        if not 0.0 <= self.collapse_weight < 0.5:
+            refuse(where, "collapse_weight", "must be in [0, 0.5)")
+        if not self.min_separation >= 0:
+            refuse(where, "min_separation", "must be >= 0 (Ashman's D; 0 never calls a small component collapsed)")
+        if not positive_int(getattr(self, "max_iter", 1)):
+            refuse(where, "max_iter", "must be a positive integer")
+        if not getattr(self, "tol", 1.0) > 0:
+            refuse(where, "tol", "must be positive")
+        if not getattr(self, "reg_covar", 0.0) >= 0:
+            refuse(where, "reg_covar", "must be >= 0")
+
+    def options(self) -> dict[str, Any]:
+        """The sklearn mixture's keyword arguments."""
+        return {key: getattr(self, key) for key in self.OPTION_KEYS}
+
+    def settings(self) -> "MixtureSettings":
+        """The settings ``known_probability`` takes."""
+        return MixtureSettings(self.KIND, self.options(), self.fit_sample_size, self.collapse_weight, self.min_separation)
+
+
+@dataclass(frozen=True)
+class GmmParams(MixtureParams):
+    """The LfOSA reference: GaussianMixture(n_components=2, max_iter=10, tol=1e-2, reg_covar=5e-4)."""
+
+    max_iter: int = 10
+    tol: float = 1e-2
+    reg_covar: float = 5e-4
+
+    KIND = "gmm"
+
+
+@dataclass(frozen=True)
+class BgmmParams(MixtureParams):
+    """sklearn's BayesianGaussianMixture defaults (the JSOSAL paper gives none): a Dirichlet-process
+    weight prior with concentration 1/n_components (null), mean precision prior 1 (null), mean and
+    covariance priors from the data, 100 EM iterations, tol 1e-3, reg_covar 1e-6."""
+
+    weight_concentration_prior_type: str = "dirichlet_process"
+    weight_concentration_prior: float | None = None
+    mean_precision_prior: float | None = None
+    max_iter: int = 100
+    tol: float = 1e-3
+    reg_covar: float = 1e-6
+
+    KIND = "bgmm"
+    OPTION_KEYS = ("weight_concentration_prior_type", "weight_concentration_prior", "mean_precision_prior",
+                   "max_iter", "tol", "reg_covar")
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        if self.weight_concentration_prior_type not in ("dirichlet_process", "dirichlet_distribution"):
+            refuse(where, "weight_concentration_prior_type", "must be dirichlet_process or dirichlet_distribution")
+        for key in ("weight_concentration_prior", "mean_precision_prior"):
+            if getattr(self, key) is not None and not getattr(self, key) > 0:
+                refuse(where, key, "must be null (sklearn's default) or positive")
+
+
+LFOSA_GMM_OPTIONS = GmmParams().options()
+BGMM_DEFAULT_OPTIONS = BgmmParams().options()
 UNINFORMATIVE = 0.5
 # A small mixture component is a group of its own (a tail of real knowns) only with this many members.
 MIN_GROUP = 3
@@ -55,9 +122,9 @@ class MixtureSettings:
 
     kind: str
     options: dict[str, Any] = field(default_factory=dict)
-    fit_sample_size: int | None = 50_000
-    collapse_weight: float = 0.01
-    min_separation: float = 2.0
+    fit_sample_size: int | None = MixtureParams.fit_sample_size
+    collapse_weight: float = MixtureParams.collapse_weight
+    min_separation: float = MixtureParams.min_separation
 
 
 @dataclass(frozen=True)

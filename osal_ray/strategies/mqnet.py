@@ -23,62 +23,65 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 
-from osal_ray.errors import InputError
+from osal_ray.params import positive_int, refuse
 from osal_ray.strategies.base import NetworkOptions, PoolScores, QueryContext, Selection, register_strategy, top_k
-from osal_ray.strategies.learning_loss import LL_DEFAULTS, check_ll, loss_prediction_network
-
-MQNET_DEFAULTS = {
-    "informativeness": "conf",
-    "ssl_epochs": 20,
-    "ssl_temperature": 0.5,
-    "ssl_batch_size": 256,
-    "projection_dim": 128,
-    "meta_hidden": 64,
-    "meta_epochs": 100,
-    "meta_lr": 1e-3,
-    "meta_batch_size": 32,
-    **LL_DEFAULTS,
-}
+from osal_ray.strategies.learning_loss import loss_prediction_network
+from osal_ray.training.objective_params import LossPredictionParams
 
 
-def _columns(params: Mapping[str, Any]) -> tuple[str, ...]:
-    extra = ("predicted_loss",) if params["informativeness"] == "ll" else ()
+@dataclass(frozen=True)
+class MQNetParams(LossPredictionParams):
+    """MQNet: informativeness (``conf`` or ``ll``, with the learning-loss fields it inherits), the
+    SimCLR encoder (epochs, temperature, batch size, projection size) and the meta-network
+    (hidden units, epochs, Adam learning rate, batch size)."""
+
+    informativeness: str = "conf"
+    ssl_epochs: int = 20
+    ssl_temperature: float = 0.5
+    ssl_batch_size: int = 256
+    projection_dim: int = 128
+    meta_hidden: int = 64
+    meta_epochs: int = 100
+    meta_lr: float = 1e-3
+    meta_batch_size: int = 32
+
+    def check(self, where: str) -> None:
+        if self.informativeness not in ("conf", "ll"):
+            refuse(where, "informativeness", "must be conf or ll")
+        for key in ("ssl_epochs", "ssl_batch_size", "projection_dim", "meta_hidden", "meta_epochs", "meta_batch_size"):
+            if not positive_int(getattr(self, key)):
+                refuse(where, key, "must be a positive integer")
+        if self.ssl_batch_size < 2:
+            refuse(where, "ssl_batch_size", "must be at least 2 (contrastive pairs)")
+        for key in ("ssl_temperature", "meta_lr"):
+            if not getattr(self, key) > 0:
+                refuse(where, key, "must be positive")
+        super().check(where)
+
+
+def _columns(params: MQNetParams) -> tuple[str, ...]:
+    extra = ("predicted_loss",) if params.informativeness == "ll" else ()
     return ("ssl_embedding", "probs") + extra
 
 
-def _networks(params: Mapping[str, Any]) -> dict[str, NetworkOptions]:
+def _networks(params: MQNetParams) -> dict[str, NetworkOptions]:
     networks = {
         "ssl": NetworkOptions(
             head="projection",
-            head_kwargs={"dim": params["projection_dim"]},
+            head_kwargs={"dim": params.projection_dim},
             objective="simclr",
-            objective_params={"temperature": params["ssl_temperature"]},
-            train_overrides={"epochs": params["ssl_epochs"], "batch_size": params["ssl_batch_size"], "augment": False},
+            objective_params={"temperature": params.ssl_temperature},
+            train_overrides={"epochs": params.ssl_epochs, "batch_size": params.ssl_batch_size, "augment": False},
         )
     }
-    if params["informativeness"] == "ll":
+    if params.informativeness == "ll":
         networks["classifier"] = loss_prediction_network(params)
     return networks
-
-
-def _check(params: Mapping[str, Any]) -> None:
-    def fail(key: str, message: str) -> None:
-        raise InputError(f"strategy_params.mqnet.{key}", message)
-
-    if params["informativeness"] not in ("conf", "ll"):
-        fail("informativeness", "must be conf or ll")
-    for key in ("ssl_epochs", "ssl_batch_size", "projection_dim", "meta_hidden", "meta_epochs", "meta_batch_size"):
-        if not isinstance(params[key], int) or params[key] < 1:
-            fail(key, "must be a positive integer")
-    if params["ssl_batch_size"] < 2:
-        fail("ssl_batch_size", "must be at least 2 (contrastive pairs)")
-    if params["ssl_temperature"] <= 0 or params["meta_lr"] <= 0:
-        fail("ssl_temperature" if params["ssl_temperature"] <= 0 else "meta_lr", "must be positive")
-    check_ll("mqnet")(params)
 
 
 def standardize(values: np.ndarray) -> np.ndarray:
@@ -159,7 +162,7 @@ class MetaNetwork:
         return {k: v.detach().numpy().copy() for k, v in self.params.items()}
 
 
-@register_strategy("mqnet", columns=_columns, needs_labeled=True, defaults=MQNET_DEFAULTS, networks=_networks, check=_check)
+@register_strategy("mqnet", columns=_columns, needs_labeled=True, params=MQNetParams, networks=_networks)
 def mqnet(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     """MQNet: a monotone meta-network over standardised purity (SimCLR features) and informativeness (CONF or LL)."""
     params = context.params
@@ -167,21 +170,21 @@ def mqnet(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     known_rows = np.flatnonzero(labeled.labels >= 0) if labeled is not None else np.empty(0, dtype=np.int64)
     references = np.asarray(labeled.scores["ssl_embedding"], dtype=np.float64)[known_rows] if labeled is not None else np.empty((0, 0))
     purity = max_similarity(np.asarray(pool["ssl_embedding"], dtype=np.float64), references)
-    informativeness = _informativeness(pool, params["informativeness"])
+    informativeness = _informativeness(pool, params.informativeness)
 
     carry: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in context.carry.items()}
     meta = None
     values: dict[str, float] = {}
     delta = _last_query(carry, labeled)
     if delta is None and "w1" in carry:
-        meta = MetaNetwork(params["meta_hidden"], 0, carry)
+        meta = MetaNetwork(params.meta_hidden, 0, carry)
     elif delta is not None:
-        meta = MetaNetwork(params["meta_hidden"], int(context.rng.integers(2**31 - 1)), carry if "w1" in carry else None)
+        meta = MetaNetwork(params.meta_hidden, int(context.rng.integers(2**31 - 1)), carry if "w1" in carry else None)
         inputs_at_query, probs_at_query, labels = delta
         meta_inputs = np.stack([standardize(inputs_at_query[:, 0]), standardize(inputs_at_query[:, 1])], axis=1)
         true_class = np.clip(probs_at_query[np.arange(len(labels)), np.maximum(labels, 0)], 1e-12, 1.0)
         target = np.where(labels >= 0, -np.log(true_class), 0.0)
-        meta.fit(meta_inputs, target, params["meta_epochs"], params["meta_lr"], params["meta_batch_size"], context.rng)
+        meta.fit(meta_inputs, target, params.meta_epochs, params.meta_lr, params.meta_batch_size, context.rng)
         values["meta_trained_on"] = float(len(labels))
 
     inputs = np.stack([standardize(informativeness), standardize(purity)], axis=1)

@@ -35,51 +35,51 @@ detector trained on a few dozen samples sometimes ranks unknowns *above* knowns 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from osal_ray.errors import InputError
+from osal_ray.params import positive_int, refuse
 from osal_ray.strategies.badge import gradient_factors, kmeans_pp
 from osal_ray.strategies.base import LabeledScores, PoolScores, QueryContext, Selection, register_strategy, top_k
 from osal_ray.strategies.calibration import fit_calibration, gather_evidence, record_evidence
-from osal_ray.strategies.open_set import COMMON_DEFAULTS, DETECTOR_COLUMNS, WEIGHTED_DETECTOR, check_mixture, mixture_probability
-from osal_ray.strategies.mixtures import BGMM_DEFAULT_OPTIONS
+from osal_ray.strategies.mixtures import BgmmParams
+from osal_ray.strategies.open_set import DETECTOR_COLUMNS, WEIGHTED_DETECTOR, mixture_probability
 
 CLIP_COLUMNS = ("clip_cos_yes", "clip_cos_no")
-OSAL_DEFAULTS = {
-    **COMMON_DEFAULTS,
-    **BGMM_DEFAULT_OPTIONS,
-    "calibration": True,
-    "calibration_decay": 0.5,
-    "diversity": True,
-    "max_candidates": 100_000,
-    "known_weight": 3.0,
-    "clip": False,  # default in a job: whether it configures CLIP weights (see _job_defaults)
-    "clip_scale": 100.0,
-}
 
 
-def _columns(params: Mapping[str, Any]) -> tuple[str, ...]:
-    return DETECTOR_COLUMNS + ("probs", "energy", "embedding") + (CLIP_COLUMNS if params["clip"] else ())
+@dataclass(frozen=True)
+class OsalParams(BgmmParams):
+    """The Bayesian mixture's parameters, then: calibrate the known probability on past queries
+    (``calibration``, older evidence weighted ``calibration_decay`` per round), BADGE's k-means++
+    (``diversity``) over at most ``max_candidates``, each draw weighted by the known probability ^
+    ``known_weight``; ``clip`` adds CLIPN's ID score (scale ``clip_scale``) to the signals (in a job,
+    its default is whether the job configures CLIP weights)."""
+
+    calibration: bool = True
+    calibration_decay: float = 0.5
+    diversity: bool = True
+    max_candidates: int = 100_000
+    known_weight: float = 3.0
+    clip: bool = False
+    clip_scale: float = 100.0
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        if not 0.0 <= self.calibration_decay <= 1.0:
+            refuse(where, "calibration_decay", "must be in [0, 1] (the weight of one-round-older evidence)")
+        if not self.known_weight >= 0:
+            refuse(where, "known_weight", "must be >= 0 (0: BADGE, ignoring the known probability)")
+        if not positive_int(self.max_candidates):
+            refuse(where, "max_candidates", "must be a positive integer")
+        if not self.clip_scale > 0:
+            refuse(where, "clip_scale", "must be positive")
 
 
-def _check(params: Mapping[str, Any]) -> None:
-    def fail(key: str, message: str) -> None:
-        raise InputError(f"strategy_params.osal.{key}", message)
-
-    check_mixture("osal", "bgmm")(params)
-    if not 0.0 <= params["calibration_decay"] <= 1.0:
-        fail("calibration_decay", "must be in [0, 1] (the weight of one-round-older evidence)")
-    if not params["known_weight"] >= 0:
-        fail("known_weight", "must be >= 0 (0: BADGE, ignoring the known probability)")
-    if not isinstance(params["max_candidates"], int) or params["max_candidates"] < 1:
-        fail("max_candidates", "must be a positive integer")
-    for key in ("calibration", "diversity", "clip"):
-        if not isinstance(params[key], bool):
-            fail(key, "must be true or false")
-    if not params["clip_scale"] > 0:
-        fail("clip_scale", "must be positive")
+def _columns(params: OsalParams) -> tuple[str, ...]:
+    return DETECTOR_COLUMNS + ("probs", "energy", "embedding") + (CLIP_COLUMNS if params.clip else ())
 
 
 def pool_rank(values: np.ndarray) -> np.ndarray:
@@ -116,12 +116,12 @@ def _normalised(embedding: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def decision_features(pool: PoolScores, mixture: np.ndarray, labeled: LabeledScores | None, params: Mapping[str, Any],
+def decision_features(pool: PoolScores, mixture: np.ndarray, labeled: LabeledScores | None, params: OsalParams,
                       rng: np.random.Generator) -> np.ndarray:
     """The known-vs-unknown signals as pool ranks, one row per sample (see the module docstring)."""
     signals = [mixture, pool["det_known_margin"], pool["energy"], purity(pool, labeled, rng)]
-    if params["clip"]:
-        signals.append(clip_id_probability(pool, params["clip_scale"]))
+    if params.clip:
+        signals.append(clip_id_probability(pool, params.clip_scale))
     return np.stack([pool_rank(s) for s in signals], axis=1)
 
 
@@ -138,24 +138,24 @@ def _job_defaults(config: Any) -> dict[str, Any]:
     return {"clip": bool(config.clip.checkpoint or config.clip.pretrained)}
 
 
-@register_strategy("osal", columns=_columns, needs_labeled=True, defaults=OSAL_DEFAULTS, networks=WEIGHTED_DETECTOR,
-                   check=_check, job_defaults=_job_defaults)
+@register_strategy("osal", columns=_columns, needs_labeled=True, params=OsalParams, networks=WEIGHTED_DETECTOR,
+                   job_defaults=_job_defaults)
 def osal(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     """osal: BADGE's k-means++ on gradient embeddings, each draw weighted by a known probability calibrated on past queries."""
     params = context.params
-    mixture, predicted_known, values = mixture_probability(pool, context, "bgmm")
+    mixture, predicted_known, values = mixture_probability(pool, context)
     features = decision_features(pool, mixture, context.labeled, params, context.rng)
     calibrate = fit_calibration(
-        gather_evidence(context.carry, context.labeled, context.round), params["calibration_decay"]
-    ) if params["calibration"] else None
+        gather_evidence(context.carry, context.labeled, context.round), params.calibration_decay
+    ) if params.calibration else None
     probability = calibrate(features) if calibrate is not None else features.mean(axis=1)
     values["calibrated"] = float(calibrate is not None)
 
     residual, embedding = gradient_factors(pool["probs"], pool["embedding"])
-    weight = probability ** params["known_weight"]
-    if params["diversity"]:
+    weight = probability ** params.known_weight
+    if params.diversity:
         mass = weight * (residual**2).sum(1) * (embedding**2).sum(1)
-        candidates = top_k(mass, params["max_candidates"], rng=context.rng) if len(pool) > params["max_candidates"] else np.arange(len(pool))
+        candidates = top_k(mass, params.max_candidates, rng=context.rng) if len(pool) > params.max_candidates else np.arange(len(pool))
         picks, _ = kmeans_pp(residual[candidates], embedding[candidates], budget, context.rng, weights=weight[candidates])
         chosen = candidates[picks]
     else:

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from typing import Any, Mapping
-
-from osal_ray.errors import InputError
+from osal_ray.params import Params, positive_int, refuse
 from osal_ray.strategies.base import NetworkOptions, PoolScores, QueryContext, Selection, register_strategy, top_k
 
-BALD_DEFAULTS = {"dropout": 0.5, "mc_samples": 20}
+
+@dataclass(frozen=True)
+class BaldParams(Params):
+    """MC dropout: the drop probability of the classifier's dropout head and the number of masks."""
+
+    dropout: float = 0.5
+    mc_samples: int = 20
+
+    def check(self, where: str) -> None:
+        if not 0.0 < self.dropout < 1.0:
+            refuse(where, "dropout", "must be in (0, 1)")
+        if not positive_int(self.mc_samples) or self.mc_samples < 2:
+            refuse(where, "mc_samples", "must be an integer >= 2")
 
 
 @register_strategy("random", columns=())
@@ -45,18 +57,11 @@ def margin_sampling(pool: PoolScores, budget: int, context: QueryContext) -> Sel
 
 
 
-def _bald_network(params: Mapping[str, Any]) -> dict[str, NetworkOptions]:
-    return {"classifier": NetworkOptions(head="mc_dropout", head_kwargs={"p": params["dropout"], "samples": params["mc_samples"]})}
+def _bald_network(params: BaldParams) -> dict[str, NetworkOptions]:
+    return {"classifier": NetworkOptions(head="mc_dropout", head_kwargs={"p": params.dropout, "samples": params.mc_samples})}
 
 
-def _check_bald(params: Mapping[str, Any]) -> None:
-    if not 0.0 < params["dropout"] < 1.0:
-        raise InputError("strategy_params.bald.dropout", "must be in (0, 1)")
-    if not isinstance(params["mc_samples"], int) or params["mc_samples"] < 2:
-        raise InputError("strategy_params.bald.mc_samples", "must be an integer >= 2")
-
-
-@register_strategy("bald", columns=("bald",), defaults=BALD_DEFAULTS, networks=_bald_network, check=_check_bald)
+@register_strategy("bald", columns=("bald",), params=BaldParams, networks=_bald_network)
 def bald(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     """BALD with MC dropout: the b samples whose prediction varies most, in information, over dropout masks."""
     score = pool["bald"]

@@ -21,67 +21,63 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from osal_ray.clip.scores import tune_scale, vlpure_decision
-from osal_ray.errors import InputError
-from osal_ray.strategies.base import (
-    NetworkOptions,
-    PoolScores,
-    QueryContext,
-    Selection,
-    get_strategy,
-    register_strategy,
-    top_k,
-)
+from osal_ray.params import Params, refuse
+from osal_ray.strategies.base import NetworkOptions, PoolScores, QueryContext, Selection, get_strategy, register_strategy, top_k
 
 BASE_STRATEGIES = ("uncertainty", "entropy", "margin", "random", "coreset", "ll")
-VLPURE_DEFAULTS = {
-    "base": "uncertainty",
-    "base_params": {},
-    "visual_weights": True,
-    "tune_scale": True,
-    "scale": 100.0,
-    "scale_grid": None,
-}
 
 
-def _clip_columns(params: Mapping[str, Any]) -> tuple[str, ...]:
-    return ("clip_cos_yes", "clip_cos_no") + (("clip_cos_visual",) if params["visual_weights"] else ())
+@dataclass(frozen=True)
+class VlpureParams(Params):
+    """The ``base`` strategy (and its ``base_params``) run on the predicted-ID samples; CLIPN's
+    ``visual_weights``; the scale: self-tuned (``tune_scale``, over ``scale_grid``, null: 0.1 .. 100
+    by 0.1) or fixed at ``scale``."""
+
+    base: str = "uncertainty"
+    base_params: dict[str, Any] = field(default_factory=dict)
+    visual_weights: bool = True
+    tune_scale: bool = True
+    scale: float = 100.0
+    scale_grid: list[float] | None = None
+
+    def check(self, where: str) -> None:
+        if self.base not in BASE_STRATEGIES:
+            refuse(where, "base", f"{self.base!r} is not one of {', '.join(BASE_STRATEGIES)}")
+        self.base_resolved(where)
+        if not self.scale > 0:
+            refuse(where, "scale", "must be positive")
+        if self.scale_grid is not None and (not self.scale_grid or min(self.scale_grid) <= 0):
+            refuse(where, "scale_grid", "must be null (0.1 .. 100 by 0.1) or a list of positive scales")
+
+    def base_resolved(self, where: str = "strategy_params.vlpure") -> Params:
+        """The base strategy's typed parameters (errors name ``<where>.base_params.<key>``)."""
+        return get_strategy(self.base).params_type.build(self.base_params, f"{where}.base_params")
 
 
-def _columns(params: Mapping[str, Any]) -> tuple[str, ...]:
-    base = get_strategy(params["base"]).required_columns(params["base_params"])
+def _clip_columns(params: VlpureParams) -> tuple[str, ...]:
+    return ("clip_cos_yes", "clip_cos_no") + (("clip_cos_visual",) if params.visual_weights else ())
+
+
+def _columns(params: VlpureParams) -> tuple[str, ...]:
+    base = get_strategy(params.base).required_columns(params.base_resolved())
     return _clip_columns(params) + tuple(c for c in base if c not in _clip_columns(params))
 
 
-def _networks(params: Mapping[str, Any]) -> dict[str, NetworkOptions]:
-    return get_strategy(params["base"]).network_options(params["base_params"])
+def _networks(params: VlpureParams) -> dict[str, NetworkOptions]:
+    return get_strategy(params.base).network_options(params.base_resolved())
 
 
-def _check(params: Mapping[str, Any]) -> None:
-    if params["base"] not in BASE_STRATEGIES:
-        raise InputError("strategy_params.vlpure.base", f"{params['base']!r} is not one of {', '.join(BASE_STRATEGIES)}")
-    if not isinstance(params["base_params"], dict):
-        raise InputError("strategy_params.vlpure.base_params", "must be a mapping of the base strategy's parameters")
-    get_strategy(params["base"]).resolve_params(params["base_params"])
-    for key in ("visual_weights", "tune_scale"):
-        if not isinstance(params[key], bool):
-            raise InputError(f"strategy_params.vlpure.{key}", "must be true or false")
-    if not params["scale"] > 0:
-        raise InputError("strategy_params.vlpure.scale", "must be positive")
-    grid = params["scale_grid"]
-    if grid is not None and (not isinstance(grid, list) or not grid or min(grid) <= 0):
-        raise InputError("strategy_params.vlpure.scale_grid", "must be null (0.1 .. 100 by 0.1) or a list of positive scales")
-
-
-@register_strategy("vlpure", columns=_columns, needs_labeled=True, defaults=VLPURE_DEFAULTS, networks=_networks, check=_check)
+@register_strategy("vlpure", columns=_columns, needs_labeled=True, params=VlpureParams, networks=_networks)
 def vlpure(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     """VLPure-AL: CLIPN purity (visual weights, self-tuned scale), then the base strategy on the predicted-ID."""
     params = context.params
-    visual = params["visual_weights"]
+    visual = params.visual_weights
 
     def sims(scores: PoolScores) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         return scores["clip_cos_yes"], scores["clip_cos_no"], scores["clip_cos_visual"] if visual else None
@@ -89,9 +85,9 @@ def vlpure(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     # A known class with no labeled sample has no visual prototype (its class mean is zero).
     labels = context.labeled.labels if context.labeled is not None else np.empty(0, dtype=np.int64)
     prototypes = np.isin(np.arange(context.num_known), labels[labels >= 0]) if visual else None
-    scale, balanced_accuracy = float(params["scale"]), math.nan
-    if params["tune_scale"] and len(labels):
-        grid = None if params["scale_grid"] is None else np.asarray(params["scale_grid"], dtype=float)
+    scale, balanced_accuracy = params.scale, math.nan
+    if params.tune_scale and len(labels):
+        grid = None if params.scale_grid is None else np.asarray(params.scale_grid, dtype=float)
         best, balanced_accuracy = tune_scale(*sims(context.labeled.scores), labels >= 0, grid, prototypes)
         if math.isfinite(best):
             scale = best
@@ -99,8 +95,8 @@ def vlpure(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     margin = id_score - ood_score
     candidates = np.flatnonzero(predicted_id)
     if len(candidates) >= budget:
-        base = get_strategy(params["base"])
-        inner = base.select(pool.subset(candidates), budget, dataclasses.replace(context, params=params["base_params"]))
+        base = get_strategy(params.base)
+        inner = base.select(pool.subset(candidates), budget, dataclasses.replace(context, params=params.base_resolved()))
         indices, scores = candidates[inner.indices], inner.scores
     else:
         extra = top_k(margin, budget - len(candidates), np.flatnonzero(~predicted_id), rng=context.rng)

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from osal_ray.training.objective_params import WEIGHT_REDUCTIONS
+
 
 def inverse_frequency_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """w_c = N / n_c over the whole training set; a class with no sample gets weight 0."""
@@ -16,8 +18,6 @@ def inverse_frequency_weights(labels: np.ndarray, num_classes: int) -> np.ndarra
     return weights
 
 
-# How a class-weighted batch loss is averaged (``detector.class_weight_reduction``).
-WEIGHT_REDUCTIONS = ("weighted_mean", "mean")
 
 
 def temperature_cross_entropy(

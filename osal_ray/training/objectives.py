@@ -7,21 +7,30 @@ encoder) register their objective here.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
 
+from osal_ray.params import NoParams, Params
 from osal_ray.registry import Registry
 from osal_ray.training.losses import inverse_frequency_weights, ranking_loss, temperature_cross_entropy
+from osal_ray.training.objective_params import CrossEntropyParams, EntropicOpenSetParams, LossPredictionParams, SimCLRParams
 
 
 class Objective:
-    """The loss of one batch; ``start_epoch`` may refresh state from the whole training set."""
+    """The loss of one batch; ``start_epoch`` may refresh state from the whole training set.
 
-    def __init__(self, params: Mapping[str, Any], num_outputs: int, labels: np.ndarray, device: torch.device,
+    ``params_type`` is the objective's parameter dataclass (``osal_ray.training.objective_params``);
+    the constructor takes an instance of it (or a mapping, built and checked into one).
+    """
+
+    params_type: ClassVar[type[Params]] = NoParams
+    needs_images: ClassVar[bool] = False  # e.g. contrastive views: no cached-feature input
+
+    def __init__(self, params: "Params | Mapping[str, Any]", num_outputs: int, labels: np.ndarray, device: torch.device,
                  generator: torch.Generator) -> None:
-        self.params = dict(params)
+        self.params = type(self).params_type.build(params, f"objective {type(self).__name__}")
         self.num_outputs = num_outputs
         self.device = device
         self.generator = generator
@@ -34,12 +43,11 @@ class Objective:
         raise NotImplementedError
 
 
-ObjectiveFactory = Callable[..., Objective]
-OBJECTIVES: Registry[ObjectiveFactory] = Registry("training objective")
+OBJECTIVES: Registry[type[Objective]] = Registry("training objective")
 
 
-def register_objective(name: str) -> Callable[[ObjectiveFactory], ObjectiveFactory]:
-    """Register an Objective subclass (or factory with its constructor's signature)."""
+def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]]:
+    """Register an Objective subclass under ``name`` (its ``params_type`` declares its parameters)."""
     return OBJECTIVES.decorator(name)
 
 
@@ -47,12 +55,14 @@ def register_objective(name: str) -> Callable[[ObjectiveFactory], ObjectiveFacto
 class CrossEntropy(Objective):
     """Cross-entropy of softmax(logits / temperature), optionally weighted w_c = N / n_c (JSOSAL Eq. 1-2)."""
 
+    params_type = CrossEntropyParams
+
     def __init__(self, params, num_outputs, labels, device, generator) -> None:
         super().__init__(params, num_outputs, labels, device, generator)
-        self.temperature = float(self.params.get("temperature", 1.0))
-        self.reduction = str(self.params.get("class_weight_reduction", "weighted_mean"))
+        self.temperature = self.params.temperature
+        self.reduction = self.params.class_weight_reduction
         self.weights = None
-        if self.params.get("class_weights", "none") == "inverse_frequency":
+        if self.params.class_weights == "inverse_frequency":
             weights = inverse_frequency_weights(labels, num_outputs)
             self.weights = torch.tensor(weights, dtype=torch.float32, device=device)
 
@@ -68,11 +78,13 @@ class LearningLoss(Objective):
     backbone, as in the paper (epoch 120 of 200).
     """
 
+    params_type = LossPredictionParams
+
     def __init__(self, params, num_outputs, labels, device, generator) -> None:
         super().__init__(params, num_outputs, labels, device, generator)
-        self.weight = float(self.params.get("weight", 1.0))
-        self.margin = float(self.params.get("margin", 1.0))
-        self.detach_fraction = float(self.params.get("detach_fraction", 0.6))
+        self.weight = self.params.weight
+        self.margin = self.params.margin
+        self.detach_fraction = self.params.detach_fraction
 
     def start_epoch(self, model, x, y, epoch, epochs):
         getattr(model, "module", model).detach_features = epoch >= int(self.detach_fraction * epochs)
@@ -95,13 +107,15 @@ class EntropicOpenSet(Objective):
     Clusters of the unknowns' embeddings are recomputed at the start of every epoch.
     """
 
+    params_type = EntropicOpenSetParams
+
     def __init__(self, params, num_outputs, labels, device, generator) -> None:
         super().__init__(params, num_outputs, labels, device, generator)
         self.k = num_outputs - 1
-        self.temperature = float(self.params.get("temperature", 0.5))
-        self.alpha = float(self.params.get("pareto_alpha", 0.8))
-        self.cluster_weight = float(self.params.get("cluster_weight", 0.1))
-        self.clusters_per_class = int(self.params.get("clusters_per_class", 1))
+        self.temperature = self.params.temperature
+        self.alpha = self.params.pareto_alpha
+        self.cluster_weight = self.params.cluster_weight
+        self.clusters_per_class = self.params.clusters_per_class
         self.unknown = torch.as_tensor(labels == self.k)
         self.has_unknown = bool(self.unknown.any())
         self.centres: torch.Tensor | None = None
@@ -171,9 +185,12 @@ def cluster_loss(embeddings: torch.Tensor, centres: torch.Tensor, clusters: torc
 class SimCLR(Objective):
     """Self-supervised contrastive learning (SimCLR's NT-Xent) on two augmented views; labels unused."""
 
+    params_type = SimCLRParams
+    needs_images = True
+
     def __init__(self, params, num_outputs, labels, device, generator) -> None:
         super().__init__(params, num_outputs, labels, device, generator)
-        self.temperature = float(self.params.get("temperature", 0.5))
+        self.temperature = self.params.temperature
 
     def loss(self, model, x, y, index):
         if x.dim() != 4:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from osal_ray.config import TrainConfig
 from osal_ray.errors import NON_FINITE_MARKER
+from osal_ray.params import Params
 from osal_ray.training.batches import epoch_batches
 from osal_ray.data.pool import PoolManifest, model_input, pool_paths, read_labeled, read_table
 from osal_ray.training.checkpoints import MODEL_FILE, NetworkSpec, load_network, load_network_anywhere, save_network
@@ -39,7 +40,7 @@ class TrainJob:
     seed: int
     train: TrainConfig
     objective: str = "cross_entropy"
-    objective_params: dict[str, Any] = field(default_factory=dict)
+    objective_params: "Params | dict[str, Any]" = field(default_factory=dict)  # typed from the plan; a dict after to_config
     evaluate: bool = False
     init_checkpoint: str | None = None
     local_checkpoint_dir: str | None = None

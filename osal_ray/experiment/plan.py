@@ -1,0 +1,67 @@
+"""One plan per strategy, resolved once when an experiment is prepared.
+
+A ``StrategyPlan`` holds everything the loop needs to know about a strategy in a job: its typed
+parameters, the score columns it reads, the stored pool columns and the per-round context those
+need, and the full recipe of every network it trains. Validation, run state, the runner and the
+trajectory read the plan; nothing resolves parameters again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from osal_ray.config import ExperimentConfig
+from osal_ray.experiment.networks import network_recipes
+from osal_ray.models import model_input
+from osal_ray.params import Params
+from osal_ray.scoring import context_for, networks_for, stored_columns_for
+from osal_ray.strategies import STRATEGIES, Strategy, get_strategy
+from osal_ray.training.recipe import NetworkRecipe
+
+
+@dataclass(frozen=True)
+class StrategyPlan:
+    """A strategy as one job runs it."""
+
+    strategy: Strategy
+    params: Params
+    columns: tuple[str, ...]
+    stored_columns: frozenset[str]
+    context: frozenset[str]
+    networks: tuple[NetworkRecipe, ...]
+
+    @property
+    def name(self) -> str:
+        return self.strategy.name
+
+    @property
+    def uses_clip(self) -> bool:
+        """Whether the pool needs CLIP embeddings for this strategy (its scores or a network's input)."""
+        return "clip_embedding" in self.stored_columns
+
+
+def plan_strategy(config: ExperimentConfig, name: str) -> StrategyPlan:
+    """Resolve strategy ``name`` in ``config`` (InputError naming the dotted key for a bad parameter)."""
+    strategy = get_strategy(name)
+    params = strategy.resolve_params(strategy.params_from(config))
+    columns = strategy.required_columns(params)
+    networks = network_recipes(config, name, networks_for(columns), strategy.network_options(params))
+    stored = stored_columns_for(columns) | {model_input(n.model) for n in networks}
+    return StrategyPlan(strategy, params, columns, frozenset(stored - {"image"}), frozenset(context_for(columns)), networks)
+
+
+def plan_experiment(config: ExperimentConfig) -> dict[str, StrategyPlan]:
+    """The plan of every strategy the job runs; ``strategy_params`` of a strategy it does not run are
+    checked too (a typo there would otherwise go unnoticed until someone adds the strategy)."""
+    plans = {name: plan_strategy(config, name) for name in config.strategies}
+    for name in config.strategy_params:
+        if name not in plans:
+            strategy = STRATEGIES.get(name, f"strategy_params.{name}")
+            strategy.resolve_params(strategy.params_from(config))
+    return plans
+
+
+def stored_columns_needed(plans: "dict[str, StrategyPlan] | list[StrategyPlan]") -> set[str]:
+    """Stored pool columns beyond the image that these plans' networks and scores read."""
+    values = plans.values() if isinstance(plans, dict) else plans
+    return set().union(*(p.stored_columns for p in values))
