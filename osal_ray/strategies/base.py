@@ -152,7 +152,9 @@ class Strategy:
 
     def required_columns(self, params: "Mapping[str, Any] | Params | None" = None) -> tuple[str, ...]:
         """The score columns this strategy needs with these parameters."""
-        resolved = self.resolve_params(params)
+        return self._columns_of(self.resolve_params(params))
+
+    def _columns_of(self, resolved: Params) -> tuple[str, ...]:
         return tuple(self.columns(resolved)) if callable(self.columns) else tuple(self.columns)
 
     def network_options(self, params: "Mapping[str, Any] | Params | None" = None) -> dict[str, NetworkOptions]:
@@ -166,7 +168,7 @@ class Strategy:
         a mapping (notebooks, tests), which is resolved here."""
         params = self.resolve_params(context.params)
         context = dataclasses.replace(context, params=params)
-        missing = [c for c in self.required_columns(params) if c not in pool.columns]
+        missing = [c for c in self._columns_of(params) if c not in pool.columns]
         if missing:
             raise KeyError(f"strategy {self.name!r} needs score columns {missing}")
         if self.needs_labeled and context.labeled is None:
