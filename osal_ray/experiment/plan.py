@@ -61,7 +61,11 @@ def plan_experiment(config: ExperimentConfig) -> dict[str, StrategyPlan]:
     return plans
 
 
-def stored_columns_needed(plans: "dict[str, StrategyPlan] | list[StrategyPlan]") -> set[str]:
+def stored_columns_needed(plans: dict[str, StrategyPlan]) -> set[str]:
     """Stored pool columns beyond the image that these plans' networks and scores read."""
-    values = plans.values() if isinstance(plans, dict) else plans
-    return set().union(*(p.stored_columns for p in values))
+    return set().union(*(p.stored_columns for p in plans.values()))
+
+
+def clip_embeddings_needed(plans: dict[str, StrategyPlan]) -> bool:
+    """Whether some plan reads CLIP embeddings (the once-per-job embedding pass and the CLIP weights)."""
+    return any(p.uses_clip for p in plans.values())

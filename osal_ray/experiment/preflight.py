@@ -20,7 +20,7 @@ from osal_ray import storage
 from osal_ray.config import ExperimentConfig
 from osal_ray.data import ImagePoolSource, OpenSetSplit, SourceDataset, build_split, load_dataset
 from osal_ray.errors import InputError
-from osal_ray.experiment.plan import StrategyPlan, plan_experiment, plan_strategy, stored_columns_needed
+from osal_ray.experiment.plan import StrategyPlan, clip_embeddings_needed, plan_experiment, plan_strategy
 from osal_ray.experiment.state import STATE_FILE, RunState, open_run_state, saved_trajectories
 from osal_ray.validation import validate_config
 
@@ -132,7 +132,7 @@ def check_oracle(config: ExperimentConfig, source: SourceDataset | ImagePoolSour
 
 def check_clip_weights(config: ExperimentConfig, plans: dict[str, StrategyPlan]) -> None:
     """Where some strategy or network reads CLIP embeddings, the CLIPN weights must be reachable."""
-    if "clip_embedding" not in stored_columns_needed(plans):
+    if not clip_embeddings_needed(plans):
         return
     from osal_ray.extras import require_extra
 

@@ -19,7 +19,7 @@ from osal_ray.data.pool import PoolManifest
 from osal_ray.errors import InputError
 from osal_ray.experiment.oracle import Annotator, QueryRequest, SimulatedOracle
 from osal_ray.experiment.outputs import plot_curves, rounds_frame, write_tables
-from osal_ray.experiment.plan import StrategyPlan, stored_columns_needed
+from osal_ray.experiment.plan import StrategyPlan, clip_embeddings_needed
 from osal_ray.experiment.preflight import check_config, check_data, check_resume, oracle_kind, run_location
 from osal_ray.experiment.report import round_header, round_row, summary_table
 from osal_ray.experiment.state import RoundRecord, RunState, atomic_write_text
@@ -112,7 +112,7 @@ def _with_files_annotator(experiment: PreparedExperiment, manifests: list[PoolMa
 def with_stored_columns(config: ExperimentConfig, plans: dict[str, StrategyPlan], seed: PreparedSeed,
                         log: Callable[[str], None] | None = None) -> PreparedSeed:
     """The seed's pool with the stored columns its runs need (the CLIP embedding pass, once per job)."""
-    if "clip_embedding" not in stored_columns_needed(plans):
+    if not clip_embeddings_needed(plans):
         return seed
     from osal_ray.data.clip_store import ensure_clip_embeddings
 
