@@ -57,6 +57,27 @@ class OracleConfig:
 
 
 @dataclass
+class LabelStudioConfig:
+    """Label Studio as the annotators' front end (``oracle.kind: label_studio``).
+
+    ``url``: the Label Studio server; its API token is read from the environment variable
+    ``token_env`` (never from this file). ``project``: the project's title (default
+    ``osal_ray <name>``). ``service_url``: the osal_ray service as Label Studio and its users'
+    browsers reach it: tasks show images from its ``/images/{key}`` and a webhook posts
+    annotations to it; null: the images are inlined in the tasks and annotations are polled.
+    A command-line run polls for up to ``wait_seconds`` (0: it publishes the round and exits;
+    the next run imports what was annotated), every ``poll_seconds``.
+    """
+
+    url: str | None = None
+    token_env: str = "LABEL_STUDIO_API_KEY"
+    project: str | None = None
+    service_url: str | None = None
+    wait_seconds: float = 0.0
+    poll_seconds: float = 10.0
+
+
+@dataclass
 class ALConfig:
     """The active-learning schedule: number of query rounds and labels bought per round."""
 
@@ -91,6 +112,7 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     checkpoint_every: int = 0
     max_failures: int = 2
+    keep_checkpoints: str = "last"
 
 
 @dataclass
@@ -174,6 +196,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     al: ALConfig = field(default_factory=ALConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
+    label_studio: LabelStudioConfig = field(default_factory=LabelStudioConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)

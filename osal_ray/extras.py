@@ -10,7 +10,7 @@ import importlib
 
 from osal_ray.errors import InputError
 
-EXTRAS: dict[str, str] = {"open_clip": "clip", "optuna": "optuna"}
+EXTRAS: dict[str, str] = {"open_clip": "clip", "optuna": "optuna", "label_studio_sdk": "label-studio"}
 
 
 def require_extra(module: str, field: str, needed_by: str) -> None:

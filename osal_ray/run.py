@@ -1,7 +1,8 @@
 """Command line: ``python -m osal_ray.run [--config JOB.yaml] [--set key=value ...] [--output-dir DIR]``.
 
 Without arguments it runs the default job (digits, 2 known classes) on an embedded Ray.
-``osal-ray label OUTPUT_DIR FILE.csv`` stages human labels (see ``osal_ray.label``).
+``osal-ray label OUTPUT_DIR FILE.csv`` stages human labels (see ``osal_ray.label``); ``osal-ray serve ...``
+runs a job as an HTTP service (see ``osal_ray.serve``).
 With RAY_ADDRESS set, or under ``ray job submit``, it joins that cluster instead.
 Bad input exits with code 2 and a message naming the field, before Ray starts.
 """
@@ -75,13 +76,18 @@ def registry_listing(kind: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the experiment a config describes; returns the process exit code.
 
-    ``osal-ray label OUTPUT_DIR FILE.csv`` (the console script's subcommand) is ``python -m osal_ray.label``.
+    ``osal-ray label OUTPUT_DIR FILE.csv`` (the console script's subcommand) is ``python -m osal_ray.label``,
+    ``osal-ray serve ...`` is ``python -m osal_ray.serve``.
     """
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["label"]:
         from osal_ray.label import main as label_main
 
         return label_main(argv[1:])
+    if argv[:1] == ["serve"]:
+        from osal_ray.serve import main as serve_main
+
+        return serve_main(argv[1:])
     args = parse_args(argv)
     if args.version:
         print(version_line())

@@ -8,6 +8,7 @@ stores write whole objects, which readers never see half-written.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -47,7 +48,7 @@ def write_bytes(location: str | Path, data: bytes) -> None:
     parent = path.rsplit("/", 1)[0]
     filesystem.create_dir(parent, recursive=True)
     if isinstance(filesystem, pafs.LocalFileSystem):
-        tmp = f"{path}.tmp-{os.getpid()}"
+        tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"  # unique per writer thread
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()

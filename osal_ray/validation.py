@@ -9,10 +9,11 @@ import re
 
 from osal_ray.config import ExperimentConfig
 from osal_ray.errors import InputError
+from osal_ray.training.checkpoints import KEEP_CHECKPOINTS
 from osal_ray.training.objective_params import WEIGHT_REDUCTIONS
 
 PROTOCOLS = ("mismatch", "ood_ratio")
-ORACLE_KINDS = ("auto", "simulated", "files")
+ORACLE_KINDS = ("auto", "simulated", "files", "label_studio")
 CLASS_WEIGHTINGS = ("auto", "none", "inverse_frequency")
 
 
@@ -55,6 +56,8 @@ def validate_config(config: ExperimentConfig) -> None:
              f"{data.unknown_label!r}: give a folder/label name other than 'skip' (reserved for unusable images)")
     _require(data.channels in (None, 1, 3), "data.channels", f"{data.channels}: 1 (grayscale), 3 (colour) or null (decided from the images)")
     _require(config.oracle.kind in ORACLE_KINDS, "oracle.kind", f"{config.oracle.kind!r} is not one of {', '.join(ORACLE_KINDS)}")
+    if config.oracle.kind == "label_studio":
+        _validate_label_studio(config)
 
     _require(config.al.rounds >= 1, "al.rounds", "must be at least 1")
     _require(config.al.budget >= 1, "al.budget", "must be at least 1")
@@ -75,6 +78,9 @@ def validate_config(config: ExperimentConfig) -> None:
     _require(t.cpus_per_worker > 0, "train.cpus_per_worker", "must be positive")
     _require(t.max_failures >= 0, "train.max_failures", "must be >= 0 (0: a failed training worker fails the round)")
     _require(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0: only the final checkpoint)")
+    _require(t.keep_checkpoints in KEEP_CHECKPOINTS, "train.keep_checkpoints",
+             f"{t.keep_checkpoints!r} is not one of {', '.join(KEEP_CHECKPOINTS)} (last: only the latest checkpoint of "
+             "each network, what a resume needs; all: every round's)")
 
     _require(config.detector.temperature > 0, "detector.temperature", "must be positive")
     _require(
@@ -112,3 +118,27 @@ def validate_config(config: ExperimentConfig) -> None:
 def _require(condition: bool, field: str, message: str) -> None:
     if not condition:
         raise InputError(field, message)
+
+
+def _validate_label_studio(config: ExperimentConfig) -> None:
+    """The Label Studio settings an ``oracle.kind: label_studio`` run needs (the server is asked in preflight)."""
+    import os
+    from urllib.parse import urlparse
+
+    studio = config.label_studio
+    for key in ("url", "service_url"):
+        value = getattr(studio, key)
+        if value is None:
+            continue
+        parsed = urlparse(value)
+        _require(parsed.scheme in ("http", "https") and bool(parsed.netloc), f"label_studio.{key}",
+                 f"{value!r} is not an http(s) URL")
+    _require(studio.url is not None, "label_studio.url", "give the Label Studio server's URL, e.g. http://127.0.0.1:8080")
+    _require(bool(studio.token_env.strip()), "label_studio.token_env", "name the environment variable that holds the API token")
+    _require(bool(os.environ.get(studio.token_env, "").strip()), "label_studio.token_env",
+             f"the environment variable {studio.token_env} is not set: export the Label Studio API token there")
+    if studio.project is not None:
+        _require(3 <= len(studio.project.strip()) <= 50, "label_studio.project",
+                 f"{studio.project!r}: Label Studio project titles have 3 to 50 characters")
+    _require(studio.wait_seconds >= 0, "label_studio.wait_seconds", "must be >= 0")
+    _require(studio.poll_seconds > 0, "label_studio.poll_seconds", "must be positive")

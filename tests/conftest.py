@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from osal_ray.config import ExperimentConfig, config_from_dict
+from label_studio_server import label_studio_server  # noqa: F401  (a real Label Studio for the tests that need one)
 
 
 @pytest.fixture(scope="session")

@@ -206,7 +206,7 @@ def test_detector_plans_follow_the_method_unless_configured(digits_config):
 def test_two_round_jsosal_run_on_digits(ray_session, digits_config):
     from osal_ray.experiment import prepare_experiment, run_experiment
 
-    config = digits_config(strategies=["jsosal", "lfosa"])
+    config = digits_config(strategies=["jsosal", "lfosa"], **{"train.keep_checkpoints": "all"})  # every round's runs stay
     run_experiment(prepare_experiment(config, log=lambda _: None), log=lambda _: None)
     out = config.resolved_output_dir()
     rounds = pd.read_parquet(out / "rounds.parquet")

@@ -43,10 +43,11 @@ def test_the_console_script_prints_its_version_and_registries():
 
 def test_the_package_declares_its_extras_and_ray_floor():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert "ray[default,data,train,tune]>=2.60,<3" in project["dependencies"]
-    assert not any(dep.startswith(("open_clip", "optuna")) for dep in project["dependencies"])
+    assert "ray[default,data,train,tune,serve]>=2.60,<3" in project["dependencies"]
+    assert not any(dep.startswith(("open_clip", "optuna", "label-studio")) for dep in project["dependencies"])
     assert project["optional-dependencies"]["clip"] == ["open_clip_torch>=2.24", "huggingface_hub>=0.20"]
     assert project["optional-dependencies"]["optuna"] == ["optuna>=3.0"]
+    assert project["optional-dependencies"]["label-studio"] == ["label-studio-sdk>=2.0,<3"]
     assert (REPO / "LICENSE").read_text().lstrip().startswith("Apache License")
 
 

@@ -156,7 +156,7 @@ class FilesAnnotator(Annotator):
                 return thumbnail_png((self.data_root / path).read_bytes())
             except Exception:  # noqa: BLE001  (an image that decoded once may have been replaced by garbage)
                 pass
-        return _pool_image_png(self.manifests, int(sample))
+        return pool_image_png(self.manifests, int(sample))
 
     def _contact_sheet(self, round_index: int, queries: list[dict]) -> str:
         cards = []
@@ -185,7 +185,8 @@ class FilesAnnotator(Annotator):
         )
 
 
-def _pool_image_png(manifests: list[PoolManifest], sample: int) -> bytes:
+def pool_image_png(manifests: list[PoolManifest], sample: int) -> bytes:
+    """A pool sample's stored (resized) image as a PNG, enlarged when tiny."""
     import io
 
     from PIL import Image

@@ -46,6 +46,15 @@ class LabelSet:
         return self.class_names.index(label)
 
 
+class LabelErrors(InputError):
+    """Labels refused row by row: ``problems`` holds ``(row, key or path, what is wrong)`` for each bad row."""
+
+    def __init__(self, field: str, problems: list[tuple[int, str | None, str]]) -> None:
+        self.problems = problems
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        super().__init__(field, "; ".join(f"row {row}: {text}" for row, _, text in problems[:10]) + more + ". Nothing was staged")
+
+
 @dataclass(frozen=True)
 class LabelRow:
     """One accepted label: the sample's key, the label text, and where it came from."""
@@ -65,7 +74,7 @@ def check_labels(items: Iterable[tuple[int, str | None, str | None, str]], queri
     by_path = {path: key for key, path in queried.items() if path}
     allowed = labels.allowed()
     accepted: dict[str, LabelRow] = {}
-    problems: list[str] = []
+    problems: list[tuple[int, str | None, str]] = []
     for row, key, path, label in items:
         label = (label or "").strip()
         key = (key or "").strip() or None
@@ -73,27 +82,26 @@ def check_labels(items: Iterable[tuple[int, str | None, str | None, str]], queri
         if not label:
             continue
         if key is None and path is None:
-            problems.append(f"row {row}: no key or path")
+            problems.append((row, None, "no key or path"))
             continue
         if key is None:
             key = by_path.get(path)
             if key is None:
-                problems.append(f"row {row}: path {path!r} was not queried in the open round")
+                problems.append((row, path, f"path {path!r} was not queried in the open round"))
                 continue
         elif key not in queried:
-            problems.append(f"row {row}: key {key!r} was not queried in the open round")
+            problems.append((row, key, f"key {key!r} was not queried in the open round"))
             continue
         if label not in allowed:
-            problems.append(f"row {row}: label {label!r} is not one of {', '.join(allowed)}")
+            problems.append((row, key, f"label {label!r} is not one of {', '.join(allowed)}"))
             continue
         earlier = accepted.get(key)
         if earlier is not None and earlier.label != label:
-            problems.append(f"row {row}: key {key} is labeled {label!r} here and {earlier.label!r} in row {earlier.row}")
+            problems.append((row, key, f"key {key} is labeled {label!r} here and {earlier.label!r} in row {earlier.row}"))
             continue
         accepted[key] = LabelRow(key, label, row)
     if problems:
-        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
-        raise InputError(field, "; ".join(problems[:10]) + more + ". Nothing was staged")
+        raise LabelErrors(field, problems)
     return list(accepted.values())
 
 

@@ -85,6 +85,14 @@ def check_resume(config: ExperimentConfig, plans: dict[str, StrategyPlan]) -> di
     return states
 
 
+HUMAN_ORACLES = ("files", "label_studio")  # people label: the run stops after each selection until they have
+
+
+def is_human(config: ExperimentConfig) -> bool:
+    """Whether people label this run's queries (through files or Label Studio)."""
+    return oracle_kind(config) in HUMAN_ORACLES
+
+
 def oracle_kind(config: ExperimentConfig) -> str:
     """``oracle.kind`` with ``auto`` resolved: files for ``image_pool``, simulated otherwise."""
     if config.oracle.kind != "auto":
@@ -120,7 +128,13 @@ def check_splits(config: ExperimentConfig, source: SourceDataset | ImagePoolSour
 
 
 def check_oracle(config: ExperimentConfig, source: SourceDataset | ImagePoolSource) -> None:
-    """A simulated annotator needs the truth: a labeled dataset, or an image pool's truth file."""
+    """A simulated annotator needs the truth: a labeled dataset, or an image pool's truth file; Label
+    Studio must answer and accept the token."""
+    if oracle_kind(config) == "label_studio":
+        from osal_ray.annotation.label_studio import check_label_studio
+
+        check_label_studio(config)
+        return
     if oracle_kind(config) != "simulated" or not isinstance(source, ImagePoolSource):
         return
     if config.oracle.truth_file is None:

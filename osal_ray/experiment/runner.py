@@ -20,7 +20,7 @@ from osal_ray.errors import InputError
 from osal_ray.experiment.oracle import Annotator, QueryRequest, SimulatedOracle
 from osal_ray.experiment.outputs import plot_curves, rounds_frame, write_tables
 from osal_ray.experiment.plan import StrategyPlan, clip_embeddings_needed
-from osal_ray.experiment.preflight import check_config, check_data, check_resume, oracle_kind, run_location
+from osal_ray.experiment.preflight import check_config, check_data, check_resume, is_human, oracle_kind, run_location
 from osal_ray.experiment.report import round_header, round_row, summary_table
 from osal_ray.experiment.state import RoundRecord, RunState, atomic_write_text
 from osal_ray.experiment.trajectory import RunContext, run_trajectory
@@ -70,8 +70,10 @@ def prepare_experiment(config: ExperimentConfig, log: Callable[[str], None] = pr
 def _prepare(config: ExperimentConfig, plans: dict[str, StrategyPlan], output_dir: Path, lock: OutputLock,
              log: Callable[[str], None]) -> PreparedExperiment:
     states = check_resume(config, plans)
-    if oracle_kind(config) == "files":
-        waiting = _incomplete_round(output_dir)
+    if is_human(config):
+        if oracle_kind(config) == "label_studio":
+            _sync_label_studio(config, output_dir, log)
+        waiting = _incomplete_round(output_dir, oracle_kind(config))
         if waiting is not None:
             return PreparedExperiment(config, plans, output_dir, [], states, lock, waiting=waiting)
     checked = check_data(config, plans)
@@ -93,19 +95,26 @@ def _prepare(config: ExperimentConfig, plans: dict[str, StrategyPlan], output_di
     atomic_write_text(output_dir / "config.yaml", dump_config(config))
     experiment = PreparedExperiment(config, plans, output_dir, prepared, states, lock,
                                     source if isinstance(source, ImagePoolSource) else None)
-    if oracle_kind(config) == "files" and prepared:
-        experiment.seeds = _with_files_annotator(experiment, [s.manifest for s in prepared])
+    if is_human(config) and prepared:
+        experiment.seeds = _with_files_annotator(experiment, [s.manifest for s in prepared], log)
     return experiment
 
 
-def _with_files_annotator(experiment: PreparedExperiment, manifests: list[PoolManifest]) -> list[PreparedSeed]:
-    """Every seed labeled by the same people through the same annotation folder."""
+def _with_files_annotator(experiment: PreparedExperiment, manifests: list[PoolManifest],
+                          log: Callable[[str], None]) -> list[PreparedSeed]:
+    """Every seed labeled by the same people through the same annotation folder (and Label Studio project)."""
     from osal_ray.annotation.files import FilesAnnotator
     from osal_ray.annotation.labels import LabelSet
 
     config = experiment.config
     names = manifests[0].known_class_names()
-    annotator = FilesAnnotator(experiment.output_dir, manifests, LabelSet(tuple(names), config.data.unknown_label), config.data.root)
+    labels = LabelSet(tuple(names), config.data.unknown_label)
+    if oracle_kind(config) == "label_studio":
+        from osal_ray.annotation.label_studio import LabelStudioAnnotator
+
+        annotator = LabelStudioAnnotator(experiment.output_dir, manifests, labels, config.data.root, config, log)
+    else:
+        annotator = FilesAnnotator(experiment.output_dir, manifests, labels, config.data.root)
     return [PreparedSeed(seed, manifest, annotator) for seed, manifest in zip(config.seeds, manifests)]
 
 
@@ -128,34 +137,38 @@ def materialize_seeds(prepared: PreparedExperiment, log: Callable[[str], None]) 
     manifest, report = materialize_image_pool(prepared.image_pool, prepared.output_dir / "data", prepared.output_dir, log)
     log(f"image_pool: {report.summary()}")
     manifests = [manifest] * len(config.seeds)
-    if oracle_kind(config) == "files":
-        prepared.seeds = _with_files_annotator(prepared, manifests)
+    if is_human(config):
+        prepared.seeds = _with_files_annotator(prepared, manifests, log)
     else:
         oracle = SimulatedOracle.from_truth_file(manifest, config.oracle.truth_file)
         prepared.seeds = [PreparedSeed(seed, manifest, oracle) for seed in config.seeds]
 
 
 def run_experiment(prepared: PreparedExperiment, log: Callable[[str], None] = print,
-                   on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                   on_round: Callable[[dict[str, Any]], None] | None = None,
+                   on_phase: Callable[[str, str], None] | None = None) -> dict[str, Any]:
     """Run every trajectory (resuming finished rounds) until done or waiting for labels; keep outputs
-    current; return the summary. ``on_round`` gets the running summary after every finished round.
-    Releases the output directory's lock when it returns."""
+    current; return the summary. ``on_round`` gets the running summary after every finished round,
+    ``on_phase`` each phase as it starts (``preparing``, ``training``, ``scoring``, ``selecting``,
+    ``publishing``) with what it works on. Releases the output directory's lock when it returns."""
     try:
-        return _run(prepared, log, on_round)
+        return _run(prepared, log, on_round, on_phase or (lambda phase, detail: None))
     finally:
         if prepared.lock is not None:
             prepared.lock.release()
 
 
-def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Callable[[dict[str, Any]], None] | None,
+         on_phase: Callable[[str, str], None]) -> dict[str, Any]:
     config, output_dir = prepared.config, prepared.output_dir
     if prepared.waiting is not None:
         log(prepared.waiting)
         summary = output_dir / "summary.json"
         return json.loads(summary.read_text()) if summary.is_file() else {"runs": {}, "mean": {}, "std": {}}
     if prepared.image_pool is not None:
+        on_phase("preparing", f"reading the image pool {prepared.image_pool.root}")
         materialize_seeds(prepared, log)
-    human = oracle_kind(config) == "files"
+    human = is_human(config)
     states: dict[tuple[str, int], RunState] = {k: v for k, v in prepared.states.items() if v is not None}
     result: dict[str, Any] = {}
 
@@ -169,6 +182,8 @@ def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Calla
 
     log(round_header())
     for prepared_seed in prepared.seeds:
+        if clip_embeddings_needed(prepared.plans):
+            on_phase("preparing", f"seed {prepared_seed.seed}: CLIP image embeddings")
         prepared_seed = with_stored_columns(config, prepared.plans, prepared_seed, log)
         for name, plan in prepared.plans.items():
             context = RunContext(
@@ -182,11 +197,13 @@ def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Calla
                 staging=output_dir / "staging",
                 log=log,
                 on_round=on_round,
+                on_phase=on_phase,
             )
             states[(name, prepared_seed.seed)] = run_trajectory(context, states.get((name, prepared_seed.seed)))
             plot_curves(rounds_frame(states.values()), output_dir / "curves.png", title=config.name)
     result = write_tables(output_dir, list(states.values()), _catalogs(prepared))
     if human:
+        on_phase("publishing", "writing the next round's queries")
         _publish(prepared, states, log)
     log("")
     log(summary_table(result))
@@ -198,7 +215,36 @@ def _catalogs(prepared: PreparedExperiment) -> list[PoolManifest]:
     return [seed.manifest for seed in prepared.seeds]
 
 
-def _incomplete_round(output_dir: Path) -> str | None:
+def _sync_label_studio(config: ExperimentConfig, output_dir: Path, log: Callable[[str], None]) -> None:
+    """Bring the open round's Label Studio annotations in (waiting ``label_studio.wait_seconds`` for
+    the rest); its tasks are imported again first, in case a run stopped between the two."""
+    from osal_ray.annotation.files import open_round
+    from osal_ray.annotation.label_studio import check_label_studio, push_round, wait_for_annotations
+
+    check_label_studio(config)  # the server answers and takes the token, before anything else
+    round_index = open_round(output_dir)
+    if round_index is None:
+        return
+    push_round(output_dir, config, round_index, _stored_image_url(config, output_dir), log)
+    wait_for_annotations(output_dir, config, log)
+
+
+def _stored_image_url(config: ExperimentConfig, output_dir: Path) -> Callable[[int, str], str]:
+    """Image URLs for tasks imported again before the pool is read: the service's, else the stored image inlined."""
+    if config.label_studio.service_url:
+        from osal_ray.service.auth import signed_image_url
+
+        return lambda sample, key: signed_image_url(config.label_studio.service_url, output_dir, key)
+    import base64
+
+    from osal_ray.annotation.files import pool_image_png
+    from osal_ray.data.pool import MANIFEST, read_manifest
+
+    manifests = [read_manifest(p.parent) for p in sorted((output_dir / "data").glob(f"*/{MANIFEST}"))]
+    return lambda sample, key: "data:image/png;base64," + base64.b64encode(pool_image_png(manifests, sample)).decode()
+
+
+def _incomplete_round(output_dir: Path, oracle: str) -> str | None:
     """What is missing, when a published round still lacks labels (status.json says so too); else None."""
     from osal_ray.annotation.files import open_round, waiting_status, write_status
 
@@ -209,9 +255,9 @@ def _incomplete_round(output_dir: Path) -> str | None:
     if not status["missing"]:
         return None
     write_status(output_dir, status)
-    return (f"round {round_index}: {status['missing']} of {status['queried']} queried images still need a label; "
-            f"nothing to do yet. Stage labels with: python -m osal_ray.label {output_dir} FILE.csv "
-            f"(template: {status['labels_template']})")
+    where = ("annotate them in Label Studio, then run this command again" if oracle == "label_studio" else
+             f"stage labels with: python -m osal_ray.label {output_dir} FILE.csv (template: {status['labels_template']})")
+    return f"round {round_index}: {status['missing']} of {status['queried']} queried images still need a label; nothing to do yet. {where}"
 
 
 def _publish(prepared: PreparedExperiment, states: dict[tuple[str, int], RunState], log: Callable[[str], None]) -> None:
@@ -233,5 +279,9 @@ def _publish(prepared: PreparedExperiment, states: dict[tuple[str, int], RunStat
     annotator.publish(requests)
     status = waiting_status(output_dir, requests[0].round)
     write_status(output_dir, status)
-    log(f"\nround {status['round']}: {status['queried']} images to label. Open {status['contact_sheet']}, "
-        f"fill {status['labels_template']} and run: python -m osal_ray.label {output_dir} FILE.csv ; then run this command again")
+    if annotator.kind == "label_studio":
+        log(f"\nround {status['round']}: {status['queried']} images to label in Label Studio ({prepared.config.label_studio.url}); "
+            "then run this command again (or leave it to the service)")
+    else:
+        log(f"\nround {status['round']}: {status['queried']} images to label. Open {status['contact_sheet']}, "
+            f"fill {status['labels_template']} and run: python -m osal_ray.label {output_dir} FILE.csv ; then run this command again")

@@ -154,13 +154,15 @@ CLIP_IDENTITY_KEYS = ("model_name", "checkpoint", "pretrained", "model_config", 
 def run_settings(config: ExperimentConfig, plan: StrategyPlan, seed: int) -> dict[str, Any]:
     """The configuration values that decide a run's results.
 
-    Resources (workers, actors, GPUs, Ray address), the output location, where the data lives
-    and the number of rounds are left out: a run may resume on other hardware, with its data
-    moved, or be extended with more rounds. Strategy parameters are compared resolved, so
-    spelling out a default is no difference; the CLIP model counts where the run uses it.
+    Resources (workers, actors, GPUs, Ray address), the output location, where the data lives,
+    which checkpoints are kept and the number of rounds are left out: a run may resume on other
+    hardware, with its data moved, keeping more or fewer checkpoints, or be extended with more
+    rounds. Strategy parameters are compared resolved, so spelling out a default is no
+    difference; the CLIP model counts where the run uses it.
     """
     full = config.to_dict()
-    train = {k: v for k, v in full["train"].items() if k not in ("num_workers", "use_gpu", "cpus_per_worker", "checkpoint_every", "max_failures")}
+    train = {k: v for k, v in full["train"].items()
+             if k not in ("num_workers", "use_gpu", "cpus_per_worker", "checkpoint_every", "max_failures", "keep_checkpoints")}
     settings = {
         "strategy": plan.name,
         "seed": seed,

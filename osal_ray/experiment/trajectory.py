@@ -37,6 +37,7 @@ from osal_ray.scoring import score_pool
 from osal_ray.scoring.context import ScoringState, build_context
 from osal_ray.strategies import LabeledScores, PoolScores, QueryContext, Selection
 from osal_ray.training import NetworkSpec, TrainJob, fit_network
+from osal_ray.training.checkpoints import prune_checkpoints
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class RunContext:
     staging: Path
     log: Callable[[str], None]
     on_round: Callable[[RunState, RoundRecord], None]
+    on_phase: Callable[[str, str], None] = lambda phase, detail: None  # (training|scoring|selecting, what)
 
     @property
     def label(self) -> str:
@@ -70,6 +72,7 @@ def run_trajectory(ctx: RunContext, state: RunState | None) -> RunState:
     if state.completed_round < 0:
         record = _initial_round(ctx, state, specs)
         state.save(state_path)
+        _prune_checkpoints(ctx, state)
         ctx.on_round(state, record)
     elif state.pending is None and state.completed_round < ctx.config.al.rounds:
         ctx.log(f"{ctx.label} resuming after round {state.completed_round}")
@@ -80,6 +83,7 @@ def run_trajectory(ctx: RunContext, state: RunState | None) -> RunState:
                 return state
             record = _complete_round(ctx, state, specs, answers)
             state.save(state_path)
+            _prune_checkpoints(ctx, state)
             ctx.on_round(state, record)
         if state.completed_round >= ctx.config.al.rounds:
             return state
@@ -123,6 +127,12 @@ def _select_round(ctx: RunContext, state: RunState, specs: dict[str, NetworkSpec
     started = time.perf_counter()
     columns = list(ctx.plan.columns)
     timings: dict[str, float] = {}
+    ctx.on_phase("scoring", f"{ctx.label} round {round_index}/{rounds}: scoring the pool")
+
+    def progress(message: str) -> None:
+        ctx.log(f"{ctx.label} round {round_index}/{rounds}: {message}")
+        ctx.on_phase("scoring", f"{ctx.label} round {round_index}/{rounds}: {message}")
+
     scores = score_pool(
         ctx.manifest,
         state.checkpoints,
@@ -130,10 +140,11 @@ def _select_round(ctx: RunContext, state: RunState, specs: dict[str, NetworkSpec
         ctx.config.scoring,
         network_inputs={name: spec.input for name, spec in specs.items()},
         context=build_context(set(ctx.plan.context), ScoringState(ctx.config, ctx.manifest, state.labeled_ids, state.labeled_labels)),
-        progress=lambda msg: ctx.log(f"{ctx.label} round {round_index}/{rounds}: {msg}"),
+        progress=progress,
         timings=timings,
     )
     scored = time.perf_counter()
+    ctx.on_phase("selecting", f"{ctx.label} round {round_index}/{rounds}: selecting {ctx.config.al.budget} of {len(scores)}")
     _check_finite(ctx, scores, round_index)
     annotated = np.isin(scores.ids, state.annotated_ids())
     candidate = ~annotated & ~np.isin(scores.ids, read_absent_ids(ctx.manifest))
@@ -286,6 +297,7 @@ def _train_all(ctx: RunContext, state: RunState, specs: dict[str, NetworkSpec], 
             state.labeled_ids, state.labeled_labels, state.invalid_ids, ctx.manifest.num_known,
             lambda: np.setdiff1d(read_pool_ids(ctx.manifest), state.skipped_ids),
         )
+        ctx.on_phase("training", f"{ctx.label} round {round_index}: {plan.name} on {len(ids)} samples")
         job = TrainJob(
             network=plan.name,
             spec=specs[plan.name],
@@ -317,6 +329,14 @@ def _train_all(ctx: RunContext, state: RunState, specs: dict[str, NetworkSpec], 
         if plan.evaluate:
             accuracy = float(result.metrics["accuracy"])
     return accuracy, time.perf_counter() - started
+
+
+def _prune_checkpoints(ctx: RunContext, state: RunState) -> None:
+    """``train.keep_checkpoints: last``: once the finished round's state is saved, delete this trajectory's
+    training runs it no longer refers to (a frozen network's round-0 run stays: the state still refers to it)."""
+    if ctx.config.train.keep_checkpoints == "last":
+        prune_checkpoints(ctx.checkpoint_location, state.checkpoints.values(), f"{ctx.plan.name}-seed{ctx.seed}-round",
+                          staging=ctx.staging, log=ctx.log)
 
 
 def _check_finite(ctx: RunContext, scores: PoolScores, round_index: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -16,6 +16,8 @@ from osal_ray.models.heads import attach_head
 
 FORMAT = "osal_ray.network/1"
 MODEL_FILE = "model.pt"
+# train.keep_checkpoints: "last" keeps what a resume needs (the run state's checkpoints), "all" every round's.
+KEEP_CHECKPOINTS = ("last", "all")
 
 
 @dataclass(frozen=True)
@@ -99,3 +101,66 @@ def load_network_anywhere(location: str, expected: NetworkSpec | None = None, fi
 
     with Checkpoint(location).as_directory() as folder:
         return load_network(folder, expected, field_name, into)
+
+
+def prune_checkpoints(storage_root: str | Path, keep: Iterable[str], prefix: str, staging: str | Path | None = None,
+                      log: Callable[[str], None] | None = None) -> list[str]:
+    """Delete the training runs ``<storage_root>/<prefix>*`` that hold none of the ``keep`` checkpoints.
+
+    ``storage_root`` is where ``fit_network`` names its runs (a path or a URI); ``keep`` the
+    checkpoint locations a saved run state refers to (each lies in a run directory directly under
+    ``storage_root``); ``prefix`` names one trajectory's runs, so no other trajectory's are touched.
+    A whole run directory goes: the checkpoint and whatever Ray Train keeps beside it. ``staging``:
+    the local folder in-process runs wrote before uploading to a URI; every staged copy of the
+    trajectory's runs goes (the uploaded one is what the state refers to).
+
+    Call it only once the state that no longer refers to the other runs is durably saved. If some
+    ``keep`` location is not a run under ``storage_root`` (the storage moved), nothing is deleted.
+    A failed deletion is reported through ``log`` (if given) and left for the next call. Returns
+    the names of the run directories deleted from ``storage_root``.
+    """
+    import pyarrow.fs as pafs
+
+    if not prefix:
+        raise ValueError("prune_checkpoints needs the prefix of one trajectory's runs")
+    say = log or (lambda _message: None)
+    filesystem, root = storage.resolve(storage_root)
+    root = root.rstrip("/")
+    kept = set()
+    for location in keep:
+        _, path = storage.resolve(location)
+        relative = path[len(root) + 1:] if path.startswith(root + "/") else ""
+        name = relative.split("/", 1)[0]
+        if not name:
+            say(f"checkpoints kept: {location} is not under {storage_root}, so no run of {prefix}* is deleted there")
+            return []
+        kept.add(name)
+    deleted = []
+    for name in _runs(filesystem, root, prefix):
+        if name in kept:
+            continue
+        try:
+            filesystem.delete_dir(f"{root}/{name}")
+            deleted.append(name)
+        except OSError as exc:
+            say(f"could not delete the old checkpoint run {storage.join(storage_root, name)}: {exc}; it is retried next round")
+    if staging is not None and storage.is_uri(storage_root):
+        local = pafs.LocalFileSystem()
+        folder = str(Path(staging).resolve())
+        for name in _runs(local, folder, prefix):
+            try:
+                local.delete_dir(f"{folder}/{name}")
+            except OSError as exc:
+                say(f"could not delete the staged checkpoint {folder}/{name}: {exc}")
+    return deleted
+
+
+def _runs(filesystem, root: str, prefix: str) -> list[str]:
+    """The names of the directories directly under ``root`` that start with ``prefix`` (none if ``root`` is absent)."""
+    import pyarrow.fs as pafs
+
+    if filesystem.get_file_info(root).type != pafs.FileType.Directory:
+        return []
+    infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=False))
+    names = (info.path.rstrip("/").rsplit("/", 1)[-1] for info in infos if info.type == pafs.FileType.Directory)
+    return sorted(name for name in names if name.startswith(prefix))
