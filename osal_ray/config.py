@@ -184,6 +184,22 @@ class RayConfig:
 
 
 @dataclass
+class ExecutionConfig:
+    """How the (strategy, seed) trajectories share the cluster.
+
+    Each trajectory runs as its own Ray task reserving ``cpus_per_trajectory`` CPUs (its scoring
+    passes and training reserve their own resources through Ray Data and Ray Train); the driver
+    only orchestrates and writes the outputs. ``max_concurrent_trajectories`` bounds how many run
+    at once: null (auto) runs as many as the cluster's CPUs hold at the same time (each needs
+    ``cpus_per_trajectory`` plus its largest scoring pass or training run); 1 runs them one after
+    the other in the driver process. Runs with people as annotators always run in the driver.
+    """
+
+    max_concurrent_trajectories: int | None = None
+    cpus_per_trajectory: float = 0.1
+
+
+@dataclass
 class ExperimentConfig:
     """A full experiment: every strategy x seed runs the same rounds on the same splits."""
 
@@ -204,6 +220,7 @@ class ExperimentConfig:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     def resolved_output_dir(self) -> Path:
         """The output directory, ``outputs/<name>`` unless set."""

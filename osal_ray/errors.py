@@ -11,6 +11,12 @@ class InputError(ValueError):
         self.field = field
         self.message = message
 
+    def __reduce__(self):
+        # Rebuilt from (field, message), not from str(self): the error crosses processes (a trajectory's Ray task).
+        if type(self).__init__ is not InputError.__init__:
+            return super().__reduce__()
+        return (self.__class__, (self.field, self.message), self.__dict__)
+
 
 class TrainingDiverged(InputError):
     """A network's loss or outputs became non-finite (NaN or infinity): usually a learning rate too high.

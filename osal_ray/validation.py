@@ -110,6 +110,13 @@ def validate_config(config: ExperimentConfig) -> None:
     _require(all(v > 0 for v in s.resources_per_actor.values()), "scoring.resources_per_actor", "amounts must be positive")
     _require(s.parquet_reader in ("auto", "v1", "v2"), "scoring.parquet_reader", f"{s.parquet_reader!r} is not one of auto, v1, v2")
 
+    e = config.execution
+    if e.max_concurrent_trajectories is not None:
+        _require(e.max_concurrent_trajectories >= 1, "execution.max_concurrent_trajectories",
+                 "must be at least 1 (1: one trajectory after the other in the driver; null: as many as the cluster holds)")
+    _require(e.cpus_per_trajectory >= 0, "execution.cpus_per_trajectory",
+             "must be >= 0 (a fraction such as 0.1: the trajectory's work reserves its own CPUs)")
+
     if config.ray.num_cpus is not None:
         _require(config.ray.num_cpus >= 1, "ray.num_cpus", "must be at least 1")
     _require(config.ray.object_store_memory_mb >= 78, "ray.object_store_memory_mb", "Ray needs at least 78 MB")

@@ -177,7 +177,8 @@ def test_last_keeps_one_run_per_network_and_resumes_like_all(ray_session, digits
 
     monkeypatch.setattr(trajectory_module, "_train_all", counting)
     monkeypatch.setattr(trajectory_module, "prune_checkpoints", after_the_save)
-    _run(digits_config(tmp_path / "last", strategies=strategies, **{"al.rounds": 3}))
+    # In the driver (max_concurrent_trajectories: 1), where the patched functions are.
+    _run(digits_config(tmp_path / "last", strategies=strategies, **{"al.rounds": 3, "execution.max_concurrent_trajectories": 1}))
     assert calls == [("random", 3), ("lfosa", 3)]  # continued from the kept checkpoints; nothing redone
     names = _runs(folder)
     assert _per_network(names) == {key: 1 for key in every} and all("-round003-" in name for name in names)

@@ -88,9 +88,11 @@ def _finite(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def write_tables(output_dir: Path, states: list[RunState], manifests: Iterable[Any] = ()) -> dict[str, Any]:
+def write_tables(output_dir: Path, states: list[RunState], manifests: Iterable[Any] = (),
+                 failed: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Rewrite rounds.parquet, queries.parquet and summary.json from the run states (``manifests``:
-    the pools, whose catalog gives each query's key and path)."""
+    the pools, whose catalog gives each query's key and path; ``failed``: ``strategy/seed`` -> the
+    error of each trajectory that failed, summary.json's ``failed``)."""
     from osal_ray.data.pool import read_catalog
 
     queried = np.unique(np.asarray([q.id for s in states for q in s.queries], dtype=np.int64))
@@ -101,6 +103,8 @@ def write_tables(output_dir: Path, states: list[RunState], manifests: Iterable[A
     _atomic_parquet(rounds_frame(states), output_dir / "rounds.parquet")
     _atomic_parquet(queries_frame(states, catalog), output_dir / "queries.parquet")
     result = summary(states)
+    if failed:
+        result["failed"] = dict(failed)
     atomic_write_text(output_dir / "summary.json", json.dumps(_json_safe(result), indent=2))
     return result
 

@@ -17,14 +17,16 @@ from osal_ray.config import ExperimentConfig, dump_config
 from osal_ray.data import ImagePoolSource, SourceDataset, materialize_pool
 from osal_ray.data.pool import PoolManifest
 from osal_ray.errors import InputError
+from osal_ray.experiment.concurrent import TrajectoryJob, cluster_cpus, concurrency_limit, describe_error, run_concurrently
 from osal_ray.experiment.oracle import Annotator, QueryRequest, SimulatedOracle
 from osal_ray.experiment.outputs import plot_curves, rounds_frame, write_tables
 from osal_ray.experiment.plan import StrategyPlan, clip_embeddings_needed
 from osal_ray.experiment.preflight import check_config, check_data, check_resume, is_human, oracle_kind, run_location
 from osal_ray.experiment.report import round_header, round_row, summary_table
 from osal_ray.experiment.state import RoundRecord, RunState, atomic_write_text
-from osal_ray.experiment.trajectory import RunContext, run_trajectory
+from osal_ray.experiment.trajectory import run_trajectory
 from osal_ray.lock import OutputLock
+from osal_ray.training.fit import _in_tune_trial as in_tune_trial
 
 
 @dataclass(frozen=True)
@@ -172,43 +174,88 @@ def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Calla
     states: dict[tuple[str, int], RunState] = {k: v for k, v in prepared.states.items() if v is not None}
     result: dict[str, Any] = {}
 
+    # The tables list trajectories in the order a sequential run adds them (saved ones, then job by job),
+    # whichever finishes first.
+    order = list(dict.fromkeys([*states, *((name, seed.seed) for seed in prepared.seeds for name in prepared.plans)]))
+
+    def ordered() -> list[RunState]:
+        return [states[key] for key in order if key in states] + [s for key, s in states.items() if key not in order]
+
     def on_round(state: RunState, record: RoundRecord) -> None:
         nonlocal result
         states[(state.strategy, state.seed)] = state
         log(round_row(state.strategy, state.seed, record))
-        result = write_tables(output_dir, list(states.values()), _catalogs(prepared))
+        result = write_tables(output_dir, ordered(), _catalogs(prepared))
         if report is not None:
             report(result)
 
     log(round_header())
-    for prepared_seed in prepared.seeds:
-        if clip_embeddings_needed(prepared.plans):
-            on_phase("preparing", f"seed {prepared_seed.seed}: CLIP image embeddings")
-        prepared_seed = with_stored_columns(config, prepared.plans, prepared_seed, log)
-        for name, plan in prepared.plans.items():
-            context = RunContext(
-                config=config,
-                plan=plan,
-                seed=prepared_seed.seed,
-                manifest=prepared_seed.manifest,
-                annotator=prepared_seed.annotator,
-                run_location=run_location(config.resolved_storage(), name, prepared_seed.seed),
-                checkpoint_location=storage.join(config.resolved_storage(), "checkpoints"),
-                staging=output_dir / "staging",
-                log=log,
-                on_round=on_round,
-                on_phase=on_phase,
-            )
-            states[(name, prepared_seed.seed)] = run_trajectory(context, states.get((name, prepared_seed.seed)))
-            plot_curves(rounds_frame(states.values()), output_dir / "curves.png", title=config.name)
-    result = write_tables(output_dir, list(states.values()), _catalogs(prepared))
+    jobs = _jobs(prepared)
+    # People label through one shared round folder, and a Tune trial is one slot of a sweep: both run in the driver.
+    limit = 1 if human or in_tune_trial() else concurrency_limit(config, len(jobs), cluster_cpus())
+    failed: dict[tuple[str, int], BaseException] = {}
+    if limit == 1:
+        for prepared_seed in prepared.seeds:
+            if clip_embeddings_needed(prepared.plans):
+                on_phase("preparing", f"seed {prepared_seed.seed}: CLIP image embeddings")
+            for job in _jobs(prepared, [with_stored_columns(config, prepared.plans, prepared_seed, log)]):
+                states[job.key] = run_trajectory(job.context(log, on_round, on_phase), states.get(job.key))
+                plot_curves(rounds_frame(states.values()), output_dir / "curves.png", title=config.name)
+    else:
+        stored = []
+        for prepared_seed in prepared.seeds:
+            if clip_embeddings_needed(prepared.plans):
+                on_phase("preparing", f"seed {prepared_seed.seed}: CLIP image embeddings")
+            stored.append(with_stored_columns(config, prepared.plans, prepared_seed, log))
+        jobs = _jobs(prepared, stored)
+        log(f"{len(jobs)} trajectories, at most {limit} at once (execution.max_concurrent_trajectories)")
+        failed = run_concurrently(
+            jobs, states, limit, log, on_round=lambda state: on_round(state, state.rounds[-1]), on_phase=on_phase,
+            on_done=lambda key: plot_curves(rounds_frame(ordered()), output_dir / "curves.png", title=config.name),
+        )
+    result = write_tables(output_dir, ordered(), _catalogs(prepared), failed=_failures(failed))
     if human:
         on_phase("publishing", "writing the next round's queries")
         _publish(prepared, states, log)
     log("")
     log(summary_table(result))
     log(f"\noutputs in {output_dir}: rounds.parquet, queries.parquet, summary.json, config.yaml, curves.png")
+    if failed:
+        _raise_failures(failed, len(jobs), log)
     return result
+
+
+def _jobs(prepared: PreparedExperiment, seeds: list[PreparedSeed] | None = None) -> list[TrajectoryJob]:
+    """Every (strategy, seed) trajectory of the experiment, seed by seed."""
+    config = prepared.config
+    return [
+        TrajectoryJob(config=config, plan=plan, seed=seed.seed, manifest=seed.manifest, annotator=seed.annotator,
+                      run_location=run_location(config.resolved_storage(), name, seed.seed),
+                      checkpoint_location=storage.join(config.resolved_storage(), "checkpoints"),
+                      staging=prepared.output_dir / "staging")
+        for seed in (prepared.seeds if seeds is None else seeds)
+        for name, plan in prepared.plans.items()
+    ]
+
+
+def _failures(failed: dict[tuple[str, int], BaseException]) -> dict[str, str]:
+    """summary.json's ``failed``: ``strategy/seed`` -> the error."""
+    return {f"{name}/{seed}": describe_error(error) for (name, seed), error in sorted(failed.items())}
+
+
+def _raise_failures(failed: dict[tuple[str, int], BaseException], total: int, log: Callable[[str], None]) -> None:
+    """After the other trajectories finished: say which failed and raise (an InputError exits with code 2)."""
+    log("")
+    log(f"{len(failed)} of {total} trajectories failed (summary.json 'failed'):")
+    for key, text in _failures(failed).items():
+        log(f"  {key}: {text}")
+    (name, seed), first = sorted(failed.items())[0]
+    others = f" ({len(failed) - 1} more failed; see summary.json)" if len(failed) > 1 else ""
+    if isinstance(first, InputError):
+        if others and type(first).__init__ is InputError.__init__:
+            raise type(first)(first.field, f"{first.message}{others}") from first
+        raise first
+    raise RuntimeError(f"trajectory {name} seed {seed} failed: {describe_error(first)}{others}") from first
 
 
 def _catalogs(prepared: PreparedExperiment) -> list[PoolManifest]:

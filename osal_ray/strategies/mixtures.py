@@ -20,6 +20,13 @@ Cases the LfOSA reference code gets wrong or leaves open, decided here:
   sample) is fitted on a seeded random subsample of that size and the posterior is computed for
   every sample (a 1-d, 2-component fit's parameters are settled long before a million points;
   benchmarks/selection_speed.py reports the largest resulting probability difference).
+
+Two backends compute the same fits (``backend``): ``vectorised`` (the default) fits every class in
+one pass of array operations (osal_ray/strategies/mixture_fit.py: scikit-learn's algorithm, the
+same seeded k-means initialisation, posteriors equal to rounding: tests/test_mixture_fit.py),
+``sklearn`` makes one scikit-learn estimator per class, optionally in ``n_jobs`` worker processes
+(the reference). A vectorised fit that breaks down (a variance not above zero, possible only with
+``reg_covar`` 0, where scikit-learn raises) counts as collapsed.
 """
 
 from __future__ import annotations
@@ -32,18 +39,24 @@ from typing import Any
 import numpy as np
 
 from osal_ray.params import Params, positive_int, refuse
+from osal_ray.strategies.mixture_fit import fit_segments
+
+BACKENDS = ("vectorised", "sklearn")
 
 
 @dataclass(frozen=True)
 class MixtureParams(Params):
-    """What every mixture strategy shares: parallel fits (``n_jobs``, null: automatic), the subsample
-    a class's mixture is fitted on (``fit_sample_size``, null: all), and when a small component
-    counts as collapsed (weight below ``collapse_weight`` and Ashman's D below ``min_separation``)."""
+    """What every mixture strategy shares: parallel fits (``n_jobs``, null: automatic; the sklearn
+    backend only), the subsample a class's mixture is fitted on (``fit_sample_size``, null: all),
+    when a small component counts as collapsed (weight below ``collapse_weight`` and Ashman's D
+    below ``min_separation``), and how the fits run (``backend``: all classes at once,
+    ``vectorised``, or one scikit-learn estimator per class, ``sklearn``)."""
 
     n_jobs: int | None = None
     fit_sample_size: int | None = 50_000
     collapse_weight: float = 0.01
     min_separation: float = 2.0
+    backend: str = "vectorised"
 
     OPTION_KEYS = ("max_iter", "tol", "reg_covar")
 
@@ -56,6 +69,8 @@ class MixtureParams(Params):
             refuse(where, "collapse_weight", "must be in [0, 0.5)")
         if not self.min_separation >= 0:
             refuse(where, "min_separation", "must be >= 0 (Ashman's D; 0 never calls a small component collapsed)")
+        if self.backend not in BACKENDS:
+            refuse(where, "backend", "must be vectorised (all classes in one pass) or sklearn (one estimator per class)")
         if not positive_int(getattr(self, "max_iter", 1)):
             refuse(where, "max_iter", "must be a positive integer")
         if not getattr(self, "tol", 1.0) > 0:
@@ -69,7 +84,8 @@ class MixtureParams(Params):
 
     def settings(self) -> "MixtureSettings":
         """The settings ``known_probability`` takes."""
-        return MixtureSettings(self.KIND, self.options(), self.fit_sample_size, self.collapse_weight, self.min_separation)
+        return MixtureSettings(self.KIND, self.options(), self.fit_sample_size, self.collapse_weight, self.min_separation,
+                               self.backend)
 
 
 @dataclass(frozen=True)
@@ -118,13 +134,14 @@ MIN_GROUP = 3
 
 @dataclass(frozen=True)
 class MixtureSettings:
-    """Which mixture, its sklearn options, and how large classes and collapses are handled."""
+    """Which mixture, its sklearn options, how large classes and collapses are handled, and the backend."""
 
     kind: str
     options: dict[str, Any] = field(default_factory=dict)
     fit_sample_size: int | None = MixtureParams.fit_sample_size
     collapse_weight: float = MixtureParams.collapse_weight
     min_separation: float = MixtureParams.min_separation
+    backend: str = MixtureParams.backend
 
 
 @dataclass(frozen=True)
@@ -137,6 +154,13 @@ class ClassFit:
 
 def fit_class(values: np.ndarray, settings: MixtureSettings, seed: int) -> ClassFit:
     """Posterior of the higher-mean component for each value (see the module docstring for edge cases)."""
+    if settings.backend == "vectorised" and len(values) >= 2:
+        probability, counts = _known_probability_vectorised(np.zeros(len(values), dtype=np.int64), values, 1, settings, seed)
+        return ClassFit(probability, next(k for k, v in counts.items() if v)[len("classes_"):])
+    return _fit_class_sklearn(values, settings, seed)
+
+
+def _fit_class_sklearn(values: np.ndarray, settings: MixtureSettings, seed: int) -> ClassFit:
     n = len(values)
     if n < 2:
         return ClassFit(np.full(n, UNINFORMATIVE), "too_small")
@@ -173,6 +197,18 @@ def is_collapsed(weights: np.ndarray, means: np.ndarray, variances: np.ndarray, 
     return members < MIN_GROUP or ashman_d(means, variances) < settings.min_separation
 
 
+def collapsed_mask(weights: np.ndarray, means: np.ndarray, variances: np.ndarray, n: np.ndarray, spread: np.ndarray,
+                   settings: MixtureSettings) -> np.ndarray:
+    """``is_collapsed`` for many fits at once (arrays of shape (S, 2) and (S,))."""
+    smallest = weights.min(axis=1)
+    members = smallest * n
+    gap = np.abs(means[:, 0] - means[:, 1])
+    collapsed = (gap < 1e-6 * np.maximum(spread, 1e-12)) | (members < 1.0)
+    small = ~collapsed & (smallest < settings.collapse_weight)
+    separation = gap / np.sqrt(np.maximum((variances[:, 0] + variances[:, 1]) / 2.0, 1e-300))
+    return collapsed | (small & ((members < MIN_GROUP) | (separation < settings.min_separation)))
+
+
 def _make_mixture(settings: MixtureSettings, seed: int):
     from sklearn.mixture import BayesianGaussianMixture, GaussianMixture
 
@@ -192,9 +228,12 @@ def known_probability(
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Known-class probability of every sample: the per-class mixture posterior; 0 if predicted unknown.
 
-    ``n_jobs`` > 1 fits the classes in that many worker processes (joblib/loky); the result
-    does not depend on it. Returns the probabilities and counts of fitted/too-small/collapsed classes.
+    With the sklearn backend, ``n_jobs`` > 1 fits the classes in that many worker processes
+    (joblib/loky); the result does not depend on it (the vectorised backend ignores it). Returns the
+    probabilities and counts of fitted/too-small/collapsed classes.
     """
+    if settings.backend == "vectorised":
+        return _known_probability_vectorised(predicted, mav, num_known, settings, seed)
     probability = np.zeros(len(mav), dtype=np.float64)
     groups = [(c, np.flatnonzero(predicted == c)) for c in range(num_known)]
     groups = [(c, members) for c, members in groups if len(members)]
@@ -202,13 +241,61 @@ def known_probability(
     if n_jobs > 1 and len(jobs) > 1:
         from joblib import Parallel, delayed
 
-        fits = Parallel(n_jobs=min(n_jobs, len(jobs)), backend="loky")(delayed(fit_class)(*job) for job in jobs)
+        fits = Parallel(n_jobs=min(n_jobs, len(jobs)), backend="loky")(delayed(_fit_class_sklearn)(*job) for job in jobs)
     else:
-        fits = [fit_class(*job) for job in jobs]
+        fits = [_fit_class_sklearn(*job) for job in jobs]
     counts = {"fitted": 0, "too_small": 0, "collapsed": 0}
     for (_, members), fit in zip(groups, fits):
         probability[members] = fit.probability
         counts[fit.status] += 1
+    return probability, {f"classes_{k}": float(v) for k, v in counts.items()}
+
+
+def _known_probability_vectorised(predicted: np.ndarray, mav: np.ndarray, num_known: int, settings: MixtureSettings,
+                                  seed: int) -> tuple[np.ndarray, dict[str, float]]:
+    """All classes' mixtures in one vectorised fit (mixture_fit.fit_segments); the same classes,
+    seeds, subsamples and collapse rules as one fit per class."""
+    predicted = np.asarray(predicted)
+    mav = np.asarray(mav)
+    probability = np.zeros(len(mav), dtype=np.float64)
+    candidates = np.flatnonzero((predicted >= 0) & (predicted < num_known))
+    classes = predicted[candidates].astype(np.int64)
+    order = np.argsort(classes.astype(np.int16) if num_known <= np.iinfo(np.int16).max else classes, kind="stable")
+    members = candidates[order]  # by class, each class in pool order (as np.flatnonzero(predicted == c))
+    sizes = np.bincount(classes, minlength=num_known)[:num_known]
+    present = np.flatnonzero(sizes)
+    sizes = sizes[present]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    values = mav[members].astype(np.float64)
+    counts = {"fitted": 0, "too_small": int((sizes < 2).sum()), "collapsed": 0}
+    large = sizes >= 2
+    constant = np.zeros(len(sizes), dtype=bool)
+    if large.any():
+        constant[large] = (np.maximum.reduceat(values, starts)[large] == np.minimum.reduceat(values, starts)[large])
+    fit = np.flatnonzero(large & ~constant)
+    counts["collapsed"] += int(constant.sum())
+    probability[members] = UNINFORMATIVE
+    if len(fit):
+        seeds = [seed + 7919 * int(c) for c in present[fit]]
+        limit = settings.fit_sample_size
+        pieces, fit_counts = [], np.empty(len(fit), dtype=np.int64)
+        for i, (s, start, n) in enumerate(zip(seeds, starts[fit].tolist(), sizes[fit].tolist())):
+            piece = values[start:start + n]
+            if limit is not None and n > limit:
+                piece = piece[np.random.default_rng(s).choice(n, limit, replace=False)]
+            pieces.append(piece)
+            fit_counts[i] = len(piece)
+        fit_values = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+        fits = fit_segments(fit_values, fit_counts, settings.kind, settings.options, seeds)
+        collapsed = ~fits.ok | collapsed_mask(fits.weights, fits.means, fits.variances, fit_counts, fits.spread, settings)
+        counts["collapsed"] += int(collapsed.sum())
+        counts["fitted"] += int((~collapsed).sum())
+        keep = fit[~collapsed]
+        if len(keep):
+            mask = np.repeat(np.isin(np.arange(len(sizes)), keep), sizes)
+            high = np.argmax(fits.means[~collapsed], axis=1)
+            kept_fits = fits.select(~collapsed)
+            probability[members[mask]] = kept_fits.posterior(values[mask], sizes[keep], high)
     return probability, {f"classes_{k}": float(v) for k, v in counts.items()}
 
 

@@ -1,0 +1,200 @@
+"""Trajectories as Ray tasks: each (strategy, seed) runs in its own task; the driver orchestrates.
+
+The task builds the trajectory's ``RunContext`` itself; what the driver's callables did in-process
+(log lines, finished rounds, phases) comes back as events through a small relay actor, which the
+driver drains while it waits. The driver prints each finished round as one table row, rewrites
+the tables, and records a trajectory that raised as failed while the others run on.
+
+Results are those of a sequential run: a trajectory seeds everything from its own state, its
+training runs with the driver's number of torch threads (floating-point sums depend on it), and
+its scoring actors set their own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from osal_ray.config import ExperimentConfig
+from osal_ray.data.pool import PoolManifest
+from osal_ray.experiment.oracle import Annotator
+from osal_ray.experiment.plan import StrategyPlan
+from osal_ray.experiment.state import RoundRecord, RunState
+
+if TYPE_CHECKING:
+    from osal_ray.experiment.trajectory import RunContext
+
+
+@dataclass(frozen=True)
+class TrajectoryJob:
+    """What one trajectory's task needs, all of it picklable (the callables are built in the task)."""
+
+    config: ExperimentConfig
+    plan: StrategyPlan
+    seed: int
+    manifest: PoolManifest
+    annotator: Annotator
+    run_location: str
+    checkpoint_location: str
+    staging: Path
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.plan.name, self.seed)
+
+    @property
+    def label(self) -> str:
+        return f"[{self.plan.name} seed={self.seed}]"
+
+    def context(self, log: Callable[[str], None], on_round: Callable[[RunState, RoundRecord], None],
+                on_phase: Callable[[str, str], None]) -> "RunContext":
+        """The trajectory's RunContext with these callables (the driver's, or a task's that send events)."""
+        from osal_ray.experiment.trajectory import RunContext
+
+        return RunContext(config=self.config, plan=self.plan, seed=self.seed, manifest=self.manifest, annotator=self.annotator,
+                          run_location=self.run_location, checkpoint_location=self.checkpoint_location, staging=self.staging,
+                          log=log, on_round=on_round, on_phase=on_phase)
+
+
+# A Ray Data task without its own num_cpus (the scoring pass's repartition) reserves a whole CPU.
+DATA_TASK_CPUS = 1.0
+
+
+def trajectory_footprint(config: ExperimentConfig) -> float:
+    """The CPUs one trajectory holds for as long as a scoring pass or a training run lasts: its task
+    plus the larger of its scoring actors and its training workers (0 in-process)."""
+    scoring = config.scoring
+    actors = scoring.max_actors if scoring.max_actors is not None else scoring.num_actors
+    training_cpus = config.train.num_workers * config.train.cpus_per_worker
+    return config.execution.cpus_per_trajectory + max(actors * scoring.cpus_per_actor, training_cpus)
+
+
+def concurrency_limit(config: ExperimentConfig, trajectories: int, cluster_cpus: float | None) -> int:
+    """How many trajectories run at once: ``execution.max_concurrent_trajectories``, or (null) as many
+    as ``cluster_cpus`` hold side by side while one CPU stays free for the passes' short tasks (reads,
+    repartition): N x footprint + max(1, cpus_per_read) <= CPUs, else one trajectory waits on another's
+    CPUs for ever (Ray Data actors are held for a whole pass). Never more than there are trajectories."""
+    wanted = config.execution.max_concurrent_trajectories
+    if wanted is None:
+        spare = (cluster_cpus or 1.0) - max(DATA_TASK_CPUS, config.scoring.cpus_per_read)
+        footprint = trajectory_footprint(config)
+        wanted = max(1, math.floor(spare / footprint + 1e-9)) if footprint > 0 else trajectories
+    return max(1, min(wanted, trajectories))
+
+
+def cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+class _Relay:
+    """Events from the trajectory tasks to the driver, in the order each task sent them."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def put(self, event: tuple) -> None:
+        self.events.append(event)
+
+    def take(self) -> list[tuple]:
+        events, self.events = self.events, []
+        return events
+
+
+def _run_job(job: TrajectoryJob, state: RunState | None, relay: Any, torch_threads: int) -> RunState:
+    """The body of a trajectory's Ray task."""
+    import ray
+    import torch
+
+    from osal_ray.cluster import configure_ray_data
+    from osal_ray.experiment.trajectory import run_trajectory
+
+    torch.set_num_threads(torch_threads)
+    configure_ray_data()
+
+    def send(event: tuple) -> None:
+        ray.get(relay.put.remote(event))  # waited for: every event is in before the task's result
+
+    def log(line: str) -> None:
+        send(("log", line if line.startswith(job.label) else f"{job.label} {line}"))
+
+    def on_round(state: RunState, record: RoundRecord) -> None:
+        send(("round", state))
+
+    def on_phase(phase: str, detail: str) -> None:
+        send(("phase", phase, detail))
+
+    return run_trajectory(job.context(log, on_round, on_phase), state)
+
+
+def run_concurrently(jobs: list[TrajectoryJob], states: dict[tuple[str, int], RunState], limit: int,
+                     log: Callable[[str], None], on_round: Callable[[RunState], None],
+                     on_phase: Callable[[str, str], None],
+                     on_done: Callable[[tuple[str, int]], None]) -> dict[tuple[str, int], BaseException]:
+    """Run ``jobs`` as Ray tasks, at most ``limit`` at once; ``states`` gets each final state.
+
+    ``on_round`` sees every finished round's state as it arrives, ``on_done`` each trajectory that
+    ends (finished or failed). Returns the failures: the error each failed trajectory raised.
+    A KeyboardInterrupt cancels the running tasks (they resume after their last finished round).
+    """
+    import ray
+    import torch
+
+    relay = ray.remote(num_cpus=0)(_Relay).remote()
+    task = ray.remote(_run_job).options(num_cpus=jobs[0].config.execution.cpus_per_trajectory, max_retries=0)
+    threads = torch.get_num_threads()
+    waiting = list(jobs)
+    running: dict[Any, TrajectoryJob] = {}
+    failed: dict[tuple[str, int], BaseException] = {}
+
+    def dispatch() -> None:
+        for event in ray.get(relay.take.remote()):
+            if event[0] == "log":
+                log(event[1])
+            elif event[0] == "round":
+                on_round(event[1])
+            else:
+                on_phase(event[1], event[2])
+
+    try:
+        while waiting or running:
+            while waiting and len(running) < limit:
+                job = waiting.pop(0)
+                running[task.remote(job, states.get(job.key), relay, threads)] = job
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            dispatch()
+            for ref in ready:
+                job = running.pop(ref)
+                try:
+                    states[job.key] = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001  (a trajectory fails alone; the others run on)
+                    cause = _cause(exc)
+                    failed[job.key] = cause
+                    log(f"{job.label} failed: {describe_error(cause)}")
+                on_done(job.key)
+    finally:
+        for ref in running:
+            ray.cancel(ref)
+        ray.kill(relay)
+    return failed
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The error the trajectory raised, out of Ray's wrapping when it could be rebuilt."""
+    from ray.exceptions import RayTaskError
+
+    if isinstance(exc, RayTaskError) and isinstance(getattr(exc, "cause", None), BaseException):
+        return exc.cause
+    return exc
+
+
+def describe_error(exc: BaseException) -> str:
+    from osal_ray.errors import InputError
+
+    if isinstance(exc, InputError):
+        return str(exc)
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"
