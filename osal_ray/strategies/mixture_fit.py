@@ -350,7 +350,18 @@ def _moments(stats: np.ndarray, reg_covar: float) -> tuple[np.ndarray, np.ndarra
     return nk, stats[:, [1, 4]], stats[:, [2, 5]] / nk + reg_covar
 
 
-class _Gmm:
+class _Model:
+    """What both mixture kinds share: the log posterior ratio from each kind's per-component terms."""
+
+    def _log_terms(self, p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def ratio(self, p: dict[str, np.ndarray]) -> np.ndarray:
+        precision, constant = self._log_terms(p)
+        return _ratio(precision, p["means"], constant)
+
+
+class _Gmm(_Model):
     """GaussianMixture(n_components=2): parameters weights, means, variances (each (m, 2))."""
 
     def __init__(self, options: Mapping[str, Any], x: np.ndarray, counts: np.ndarray):
@@ -372,10 +383,6 @@ class _Gmm:
         constant = np.log(p["weights"]) - 0.5 * LOG_2PI + 0.5 * np.log(precision)
         return precision, constant
 
-    def ratio(self, p: dict[str, np.ndarray]) -> np.ndarray:
-        precision, constant = self._log_terms(p)
-        return _ratio(precision, p["means"], constant)
-
     def lower_bound(self, stats: np.ndarray, entropy: np.ndarray, before: dict[str, np.ndarray],
                     after: dict[str, np.ndarray], ids: np.ndarray) -> np.ndarray:
         """The mean log-likelihood under the E-step's parameters: sum_j sum_i r_ij l_j(x_i) + H, over n."""
@@ -386,7 +393,7 @@ class _Gmm:
         return p["weights"], p["means"], p["variances"]
 
 
-class _Bgmm:
+class _Bgmm(_Model):
     """BayesianGaussianMixture(n_components=2, covariance_type="full") in 1-d."""
 
     def __init__(self, options: Mapping[str, Any], x: np.ndarray, counts: np.ndarray):
@@ -439,10 +446,6 @@ class _Bgmm:
         constant = (self._log_weights(p) - 0.5 * LOG_2PI + 0.5 * np.log(precision) - 0.5 * np.log(dof)
                     + 0.5 * (LOG_2 + digamma(0.5 * dof) - 1.0 / p["mean_precision"]))
         return precision, constant
-
-    def ratio(self, p: dict[str, np.ndarray]) -> np.ndarray:
-        precision, constant = self._log_terms(p)
-        return _ratio(precision, p["means"], constant)
 
     def lower_bound(self, stats: np.ndarray, entropy: np.ndarray, before: dict[str, np.ndarray],
                     after: dict[str, np.ndarray], ids: np.ndarray) -> np.ndarray:
