@@ -324,16 +324,16 @@ class RunController:
     def _trajectories(self) -> list[dict]:
         import json
 
+        from osal_ray import storage
         from osal_ray.experiment.preflight import run_location
         from osal_ray.experiment.state import STATE_FILE
 
         rows = []
-        root = Path(self.config.resolved_storage())
+        root = self.config.resolved_storage()  # a path or a URI (s3://...)
         for name in self.config.strategies:
             for seed in self.config.seeds:
-                path = Path(run_location(str(root), name, seed)) / STATE_FILE
                 try:
-                    saved = json.loads(path.read_text())
+                    saved = json.loads(storage.read_bytes(storage.join(run_location(root, name, seed), STATE_FILE)))
                 except (OSError, ValueError):
                     rows.append({"strategy": name, "seed": seed, "completed_round": None, "pending_round": None})
                     continue
