@@ -140,8 +140,15 @@ class ClipConfig:
 
 @dataclass
 class ScoringConfig:
-    """The Ray Data actor pool that scores the unlabeled pool each round."""
+    """The actors that score the unlabeled pool each round.
 
+    ``mode``: ``resident`` actors hold their shard of the pool across rounds (only new weights
+    travel each round); ``streaming`` runs one Ray Data pass per round (start-up each round, any
+    pool size); ``auto`` is resident where the cluster holds the scorers and a training run at once
+    and the pool fits a quarter of its memory, else streaming.
+    """
+
+    mode: str = "auto"
     num_actors: int = 1
     max_actors: int | None = None
     cpus_per_actor: float = 0.5
@@ -190,13 +197,16 @@ class ExecutionConfig:
     Each trajectory runs as its own Ray task reserving ``cpus_per_trajectory`` CPUs (its scoring
     passes and training reserve their own resources through Ray Data and Ray Train); the driver
     only orchestrates and writes the outputs. ``max_concurrent_trajectories`` bounds how many run
-    at once: null (auto) runs as many as the cluster's CPUs hold at the same time (each needs
-    ``cpus_per_trajectory`` plus its largest scoring pass or training run); 1 runs them one after
-    the other in the driver process. Runs with people as annotators always run in the driver.
+    at once: null (auto) runs as many as the cluster's CPUs hold at the same time (the resources
+    each reserves, and the torch threads of its in-process training); 1 runs them one after the
+    other in the driver process. Runs with people as annotators always run in the driver.
+    ``torch_threads``: torch's threads for in-process training and selection (null: torch's default,
+    every core), the same in the driver and in every trajectory's task.
     """
 
     max_concurrent_trajectories: int | None = None
     cpus_per_trajectory: float = 0.1
+    torch_threads: int | None = None
 
 
 @dataclass

@@ -108,6 +108,7 @@ def validate_config(config: ExperimentConfig) -> None:
     _require(s.cpus_per_read > 0, "scoring.cpus_per_read", "must be positive (a fraction keeps reads from starving actors)")
     _require(s.batch_size >= 1, "scoring.batch_size", "must be at least 1")
     _require(all(v > 0 for v in s.resources_per_actor.values()), "scoring.resources_per_actor", "amounts must be positive")
+    _require(s.mode in ("auto", "resident", "streaming"), "scoring.mode", f"{s.mode!r} is not one of auto, resident, streaming")
     _require(s.parquet_reader in ("auto", "v1", "v2"), "scoring.parquet_reader", f"{s.parquet_reader!r} is not one of auto, v1, v2")
 
     e = config.execution
@@ -116,6 +117,8 @@ def validate_config(config: ExperimentConfig) -> None:
                  "must be at least 1 (1: one trajectory after the other in the driver; null: as many as the cluster holds)")
     _require(e.cpus_per_trajectory >= 0, "execution.cpus_per_trajectory",
              "must be >= 0 (a fraction such as 0.1: the trajectory's work reserves its own CPUs)")
+    if e.torch_threads is not None:
+        _require(e.torch_threads >= 1, "execution.torch_threads", "must be at least 1 (null: torch's default, every core)")
 
     if config.ray.num_cpus is not None:
         _require(config.ray.num_cpus >= 1, "ray.num_cpus", "must be at least 1")

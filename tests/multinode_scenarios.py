@@ -3,7 +3,7 @@
 Each scenario runs in its own process (a test session has one Ray per process) and prints one
 line ``RESULT <json>``. Used by tests/test_multinode.py:
 
-    python tests/multinode_scenarios.py spread_and_sweep|node_loss OUTPUT_DIR
+    python tests/multinode_scenarios.py spread_and_sweep|node_loss OUTPUT_DIR [SCORING_MODE]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-SCORER = "MapBatches(PoolScorer)"
+SCORERS = ("MapBatches(PoolScorer)", "ShardScorer")  # the streaming pass's actors, the resident ones
 
 
 def start_cluster(worker_resources: dict[str, float]):
@@ -36,7 +36,7 @@ def start_cluster(worker_resources: dict[str, float]):
 def scorer_actors() -> list:
     from ray.util.state import list_actors
 
-    return [a for a in list_actors(detail=True, limit=1000) if SCORER in (a.class_name or "")]
+    return [a for a in list_actors(detail=True, limit=1000) if any(name in (a.class_name or "") for name in SCORERS)]
 
 
 def run(config) -> None:
@@ -63,7 +63,7 @@ def spread_and_sweep(out: Path) -> dict:
     }
 
 
-def node_loss(out: Path) -> dict:
+def node_loss(out: Path, mode: str = "auto") -> dict:
     from tests_config import node_loss_config
 
     ray, cluster, workers = start_cluster({"scorer": 2})
@@ -85,7 +85,7 @@ def node_loss(out: Path) -> dict:
 
     watcher = threading.Thread(target=remove_a_node_mid_pass, daemon=True)
     watcher.start()
-    run(node_loss_config(out))
+    run(node_loss_config(out, mode))
     watcher.join(timeout=5)
     return {**event, "finished_rounds_after": _finished_rounds(out), "worker_nodes": sorted(by_id)}
 
@@ -99,8 +99,8 @@ def _finished_rounds(out: Path) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
-    scenario, output = sys.argv[1], Path(sys.argv[2])
-    result = {"spread_and_sweep": spread_and_sweep, "node_loss": node_loss}[scenario](output)
+    scenario, output, *options = sys.argv[1], Path(sys.argv[2]), *sys.argv[3:]
+    result = {"spread_and_sweep": spread_and_sweep, "node_loss": node_loss}[scenario](output, *options)
     print("RESULT " + json.dumps(result), flush=True)
     import ray
 

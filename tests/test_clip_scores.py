@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from osal_ray.clip.preprocess import preprocess_batch
@@ -239,3 +240,15 @@ def test_visual_weights_with_missing_prototypes() -> None:
     np.testing.assert_allclose(id_some, np.maximum((w * p_id[:, :3]).max(axis=1), p_id[:, 3] / 4))
     with pytest.raises(InputError, match="prototypes"):
         vlpure_decision(cy, cn, cv, 20.0, prototypes=np.ones(3, dtype=bool))
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_preprocess_on_a_device_moves_the_uint8_batch_and_matches_the_host(device: str) -> None:
+    images = np.random.default_rng(2).integers(0, 256, (4, 28, 36, 3), dtype=np.uint8)
+    host = preprocess_batch(images, 32)
+    there = preprocess_batch(images, 32, device=device)
+    assert there.device.type == device
+    np.testing.assert_allclose(there.cpu().numpy(), host.numpy(), atol=1e-4)

@@ -57,7 +57,10 @@ def test_auto_runs_as_many_as_the_cluster_holds_and_never_more_than_there_are():
     config = ExperimentConfig()  # one scoring actor of 0.5 CPU + the task's 0.1; one CPU kept for the passes' tasks
     assert trajectory_footprint(config) == pytest.approx(0.6)
     assert concurrency_limit(config, 12, cluster_cpus=2) == 1  # two passes' actors would starve the repartition task
-    assert concurrency_limit(config, 12, cluster_cpus=4) == 5
+    assert concurrency_limit(config, 12, cluster_cpus=4) == 4  # reservations allow 5; in-process training's threads 4
+    assert concurrency_limit(config, 12, cluster_cpus=4, torch_threads=2) == 2
+    assert concurrency_limit(config, 12, cluster_cpus=2, resident=True, torch_threads=2) == 1  # measured slower, not run
+    assert concurrency_limit(config, 12, cluster_cpus=2, resident=True, torch_threads=1) == 2
     assert concurrency_limit(config, 3, cluster_cpus=16) == 3
     assert concurrency_limit(config, 12, cluster_cpus=0.5) == 1
     config.train.num_workers, config.train.cpus_per_worker = 2, 1.0  # training with workers holds 2 CPUs
@@ -67,7 +70,7 @@ def test_auto_runs_as_many_as_the_cluster_holds_and_never_more_than_there_are():
     assert concurrency_limit(config, 2, cluster_cpus=2) == 2
 
 
-@pytest.mark.parametrize("key, value", [("max_concurrent_trajectories", 0), ("cpus_per_trajectory", -0.1)])
+@pytest.mark.parametrize("key, value", [("max_concurrent_trajectories", 0), ("cpus_per_trajectory", -0.1), ("torch_threads", 0)])
 def test_execution_settings_are_validated(key, value):
     config = config_from_dict({"execution": {key: value}})
     with pytest.raises(InputError, match=f"execution.{key}"):

@@ -19,10 +19,10 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 HERE = Path(__file__).parent
 
 
-def _scenario(name: str, out: Path) -> dict:
+def _scenario(name: str, out: Path, *options: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(
-        [sys.executable, str(HERE / "multinode_scenarios.py"), name, str(out)],
+        [sys.executable, str(HERE / "multinode_scenarios.py"), name, str(out), *options],
         capture_output=True, text=True, timeout=600, env=env, cwd=HERE.parent, start_new_session=True,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -46,11 +46,12 @@ def test_scoring_actors_and_sweep_trials_spread_over_both_workers(ray_session, t
     assert result["trial_nodes"] == result["worker_nodes"]  # the two concurrent trials, one per worker
 
 
-def test_losing_a_worker_while_scoring_still_finishes_the_round_with_the_same_queries(ray_session, tmp_path):
-    result = _scenario("node_loss", tmp_path / "cluster")
+@pytest.mark.parametrize("mode", ["resident", "streaming"])
+def test_losing_a_worker_while_scoring_still_finishes_the_round_with_the_same_queries(ray_session, tmp_path, mode):
+    result = _scenario("node_loss", tmp_path / "cluster", mode)
     assert result["removed"] in result["worker_nodes"]
     assert result["finished_rounds_before"] < 1 <= result["finished_rounds_after"]  # removed during round 1
-    reference = _reference(_single_node(node_loss_config(tmp_path / "single")))
+    reference = _reference(_single_node(node_loss_config(tmp_path / "single", mode)))
     pd.testing.assert_frame_equal(reference, pd.read_parquet(tmp_path / "cluster" / "queries.parquet"))
 
 

@@ -27,15 +27,16 @@ def spread_config(out: Path) -> ExperimentConfig:
     return config_from_dict(_base(out, scoring={"num_actors": 2, "resources_per_actor": {"scorer": 1}, "batch_size": 128}))
 
 
-def node_loss_config(out: Path) -> ExperimentConfig:
-    """A scoring pass long enough (80k synthetic 16x16 images, a CNN) to lose a node in the middle of it."""
+def node_loss_config(out: Path, mode: str = "auto") -> ExperimentConfig:
+    """A scoring pass long enough (80k synthetic 16x16 images, a CNN) to lose a node in the middle of it,
+    on resident scorers or a streaming pass (``scoring.mode``)."""
     return config_from_dict(_base(
         out,
         data={"dataset": "synthetic", "num_samples": 80_000, "num_classes": 10, "image_size": 16, "known_classes": 3,
               "initial_fraction": 0.005, "test_fraction": 0.02},
         model={"classifier": "cnn", "kwargs": {"width": 16, "embedding": 32}},
         train={"epochs": 5, "num_workers": 0},
-        scoring={"num_actors": 2, "resources_per_actor": {"scorer": 1}, "batch_size": 256},
+        scoring={"mode": mode, "num_actors": 2, "resources_per_actor": {"scorer": 1}, "batch_size": 256},
     ))
 
 

@@ -73,7 +73,7 @@ class ClipImageEmbedder:
         from osal_ray.clip import preprocess_batch
 
         size, mean, std = self.settings
-        images = preprocess_batch(decode_images(batch.column("image"), self.manifest), size, mean, std).to(self.device)
+        images = preprocess_batch(decode_images(batch.column("image"), self.manifest), size, mean, std, device=self.device)
         with torch.inference_mode():
             embeddings = self.model.encode_image(images, normalize=True).float().cpu().numpy()
         return pa.table({"id": batch.column("id"), EMBEDDING: vector_column(embeddings)})

@@ -238,11 +238,12 @@ def model_input(table: pa.Table, manifest: PoolManifest, column: str) -> "torch.
     return torch.from_numpy(decode_vectors(table.column(column), manifest.vector_columns[column]).copy())
 
 
-def to_model_input(images: np.ndarray, manifest: PoolManifest) -> "torch.Tensor":  # noqa: F821
-    """uint8 (N, H, W, C) -> normalised float32 (N, C, H, W) tensor."""
+def to_model_input(images: "np.ndarray | torch.Tensor", manifest: PoolManifest) -> "torch.Tensor":  # noqa: F821
+    """uint8 (N, H, W, C) -> normalised float32 (N, C, H, W), on the device the images are on."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(manifest.pixel_max)
-    mean = torch.tensor(manifest.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(manifest.std, dtype=torch.float32).view(1, -1, 1, 1)
+    x = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
+    x = x.permute(0, 3, 1, 2).float().div_(manifest.pixel_max)
+    mean = torch.tensor(manifest.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(manifest.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     return (x - mean) / std

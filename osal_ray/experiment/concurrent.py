@@ -6,81 +6,54 @@ driver drains while it waits. The driver prints each finished round as one table
 the tables, and records a trajectory that raised as failed while the others run on.
 
 Results are those of a sequential run: a trajectory seeds everything from its own state, its
-training runs with the driver's number of torch threads (floating-point sums depend on it), and
-its scoring actors set their own.
+training runs with the driver's number of torch threads (``execution.torch_threads``; floating-point
+sums depend on it), and its scoring actors set their own.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from osal_ray.config import ExperimentConfig
-from osal_ray.data.pool import PoolManifest
-from osal_ray.experiment.oracle import Annotator
-from osal_ray.experiment.plan import StrategyPlan
 from osal_ray.experiment.state import RoundRecord, RunState
-
-if TYPE_CHECKING:
-    from osal_ray.experiment.trajectory import RunContext
-
-
-@dataclass(frozen=True)
-class TrajectoryJob:
-    """What one trajectory's task needs, all of it picklable (the callables are built in the task)."""
-
-    config: ExperimentConfig
-    plan: StrategyPlan
-    seed: int
-    manifest: PoolManifest
-    annotator: Annotator
-    run_location: str
-    checkpoint_location: str
-    staging: Path
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.plan.name, self.seed)
-
-    @property
-    def label(self) -> str:
-        return f"[{self.plan.name} seed={self.seed}]"
-
-    def context(self, log: Callable[[str], None], on_round: Callable[[RunState, RoundRecord], None],
-                on_phase: Callable[[str, str], None]) -> "RunContext":
-        """The trajectory's RunContext with these callables (the driver's, or a task's that send events)."""
-        from osal_ray.experiment.trajectory import RunContext
-
-        return RunContext(config=self.config, plan=self.plan, seed=self.seed, manifest=self.manifest, annotator=self.annotator,
-                          run_location=self.run_location, checkpoint_location=self.checkpoint_location, staging=self.staging,
-                          log=log, on_round=on_round, on_phase=on_phase)
+from osal_ray.experiment.trajectory import TrajectoryJob
 
 
 # A Ray Data task without its own num_cpus (the scoring pass's repartition) reserves a whole CPU.
 DATA_TASK_CPUS = 1.0
 
 
-def trajectory_footprint(config: ExperimentConfig) -> float:
-    """The CPUs one trajectory holds for as long as a scoring pass or a training run lasts: its task
-    plus the larger of its scoring actors and its training workers (0 in-process)."""
+def trajectory_footprint(config: ExperimentConfig, resident: bool = False) -> float:
+    """The CPUs one trajectory holds: its task plus, with streaming passes, the larger of its scoring
+    actors and its training workers (0 in-process), which it holds one after the other; with
+    resident scorers, both (the scorers stay alive while it trains)."""
     scoring = config.scoring
     actors = scoring.max_actors if scoring.max_actors is not None else scoring.num_actors
+    scoring_cpus = (scoring.num_actors if resident else actors) * scoring.cpus_per_actor
     training_cpus = config.train.num_workers * config.train.cpus_per_worker
-    return config.execution.cpus_per_trajectory + max(actors * scoring.cpus_per_actor, training_cpus)
+    held = scoring_cpus + training_cpus if resident else max(scoring_cpus, training_cpus)
+    return config.execution.cpus_per_trajectory + held
 
 
-def concurrency_limit(config: ExperimentConfig, trajectories: int, cluster_cpus: float | None) -> int:
+def concurrency_limit(config: ExperimentConfig, trajectories: int, cluster_cpus: float | None, resident: bool = False,
+                      torch_threads: int = 1) -> int:
     """How many trajectories run at once: ``execution.max_concurrent_trajectories``, or (null) as many
-    as ``cluster_cpus`` hold side by side while one CPU stays free for the passes' short tasks (reads,
-    repartition): N x footprint + max(1, cpus_per_read) <= CPUs, else one trajectory waits on another's
-    CPUs for ever (Ray Data actors are held for a whole pass). Never more than there are trajectories."""
+    as ``cluster_cpus`` hold side by side. Streaming passes also keep one CPU free for their short
+    tasks (reads, repartition): N x footprint + max(1, cpus_per_read) <= CPUs, else one trajectory
+    waits on another's CPUs for ever (Ray Data actors are held for a whole pass). Resident scorers
+    run no such tasks once started. In-process training (``train.num_workers: 0``) reserves nothing
+    but keeps ``torch_threads`` cores busy: N x threads <= CPUs too, or trajectories only slow each
+    other down (measured: 3 trajectories of 2 threads on 2 cores ran slower than one after the
+    other). Never more than there are trajectories."""
     wanted = config.execution.max_concurrent_trajectories
     if wanted is None:
-        spare = (cluster_cpus or 1.0) - max(DATA_TASK_CPUS, config.scoring.cpus_per_read)
-        footprint = trajectory_footprint(config)
-        wanted = max(1, math.floor(spare / footprint + 1e-9)) if footprint > 0 else trajectories
+        cpus = cluster_cpus or 1.0
+        reserved = 0.0 if resident else max(DATA_TASK_CPUS, config.scoring.cpus_per_read)
+        footprint = trajectory_footprint(config, resident)
+        wanted = max(1, math.floor((cpus - reserved) / footprint + 1e-9)) if footprint > 0 else trajectories
+        if config.train.num_workers == 0:
+            wanted = min(wanted, max(1, math.floor(cpus / max(1, torch_threads) + 1e-9)))
     return max(1, min(wanted, trajectories))
 
 
@@ -111,6 +84,7 @@ def _run_job(job: TrajectoryJob, state: RunState | None, relay: Any, torch_threa
 
     from osal_ray.cluster import configure_ray_data
     from osal_ray.experiment.trajectory import run_trajectory
+    from osal_ray.scoring.resident import release_resident_scorers
 
     torch.set_num_threads(torch_threads)
     configure_ray_data()
@@ -127,7 +101,10 @@ def _run_job(job: TrajectoryJob, state: RunState | None, relay: Any, torch_threa
     def on_phase(phase: str, detail: str) -> None:
         send(("phase", phase, detail))
 
-    return run_trajectory(job.context(log, on_round, on_phase), state)
+    try:
+        return run_trajectory(job.context(log, on_round, on_phase), state)
+    finally:
+        release_resident_scorers()
 
 
 def run_concurrently(jobs: list[TrajectoryJob], states: dict[tuple[str, int], RunState], limit: int,
@@ -145,7 +122,7 @@ def run_concurrently(jobs: list[TrajectoryJob], states: dict[tuple[str, int], Ru
 
     relay = ray.remote(num_cpus=0)(_Relay).remote()
     task = ray.remote(_run_job).options(num_cpus=jobs[0].config.execution.cpus_per_trajectory, max_retries=0)
-    threads = torch.get_num_threads()
+    threads = jobs[0].config.execution.torch_threads or torch.get_num_threads()
     waiting = list(jobs)
     running: dict[Any, TrajectoryJob] = {}
     failed: dict[tuple[str, int], BaseException] = {}

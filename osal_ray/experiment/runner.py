@@ -17,15 +17,16 @@ from osal_ray.config import ExperimentConfig, dump_config
 from osal_ray.data import ImagePoolSource, SourceDataset, materialize_pool
 from osal_ray.data.pool import PoolManifest
 from osal_ray.errors import InputError
-from osal_ray.experiment.concurrent import TrajectoryJob, cluster_cpus, concurrency_limit, describe_error, run_concurrently
+from osal_ray.experiment.concurrent import cluster_cpus, concurrency_limit, describe_error, run_concurrently
 from osal_ray.experiment.oracle import Annotator, QueryRequest, SimulatedOracle
 from osal_ray.experiment.outputs import plot_curves, rounds_frame, write_tables
 from osal_ray.experiment.plan import StrategyPlan, clip_embeddings_needed
 from osal_ray.experiment.preflight import check_config, check_data, check_resume, is_human, oracle_kind, run_location
 from osal_ray.experiment.report import round_header, round_row, summary_table
 from osal_ray.experiment.state import RoundRecord, RunState, atomic_write_text
-from osal_ray.experiment.trajectory import run_trajectory
+from osal_ray.experiment.trajectory import TrajectoryJob, run_trajectory
 from osal_ray.lock import OutputLock
+from osal_ray.scoring.resident import ModeDecision, pool_bytes, release_resident_scorers, use_resident
 from osal_ray.training.fit import _in_tune_trial as in_tune_trial
 
 
@@ -156,6 +157,7 @@ def run_experiment(prepared: PreparedExperiment, log: Callable[[str], None] = pr
     try:
         return _run(prepared, log, on_round, on_phase or (lambda phase, detail: None))
     finally:
+        release_resident_scorers()
         if prepared.lock is not None:
             prepared.lock.release()
 
@@ -189,16 +191,23 @@ def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Calla
         if report is not None:
             report(result)
 
-    log(round_header())
     jobs = _jobs(prepared)
     # People label through one shared round folder, and a Tune trial is one slot of a sweep: both run in the driver.
-    limit = 1 if human or in_tune_trial() else concurrency_limit(config, len(jobs), cluster_cpus())
+    sequential = human or in_tune_trial()
+    threads = set_torch_threads(config)
+    mode = scoring_mode(config, prepared.plans, prepared.seeds[0].manifest, 1)
+    limit = 1 if sequential else concurrency_limit(config, len(jobs), cluster_cpus(), mode.resident, threads)
+    if limit > 1 and mode.resident:
+        mode = scoring_mode(config, prepared.plans, prepared.seeds[0].manifest, limit)
+        limit = limit if mode.resident else concurrency_limit(config, len(jobs), cluster_cpus(), False, threads)
+    log(f"scoring: {mode.reason}")
+    log(round_header())
     failed: dict[tuple[str, int], BaseException] = {}
     if limit == 1:
         for prepared_seed in prepared.seeds:
             if clip_embeddings_needed(prepared.plans):
                 on_phase("preparing", f"seed {prepared_seed.seed}: CLIP image embeddings")
-            for job in _jobs(prepared, [with_stored_columns(config, prepared.plans, prepared_seed, log)]):
+            for job in _jobs(prepared, [with_stored_columns(config, prepared.plans, prepared_seed, log)], mode.resident):
                 states[job.key] = run_trajectory(job.context(log, on_round, on_phase), states.get(job.key))
                 plot_curves(rounds_frame(states.values()), output_dir / "curves.png", title=config.name)
     else:
@@ -207,7 +216,7 @@ def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Calla
             if clip_embeddings_needed(prepared.plans):
                 on_phase("preparing", f"seed {prepared_seed.seed}: CLIP image embeddings")
             stored.append(with_stored_columns(config, prepared.plans, prepared_seed, log))
-        jobs = _jobs(prepared, stored)
+        jobs = _jobs(prepared, stored, mode.resident)
         log(f"{len(jobs)} trajectories, at most {limit} at once (execution.max_concurrent_trajectories)")
         failed = run_concurrently(
             jobs, states, limit, log, on_round=lambda state: on_round(state, state.rounds[-1]), on_phase=on_phase,
@@ -225,17 +234,38 @@ def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Calla
     return result
 
 
-def _jobs(prepared: PreparedExperiment, seeds: list[PreparedSeed] | None = None) -> list[TrajectoryJob]:
+def _jobs(prepared: PreparedExperiment, seeds: list[PreparedSeed] | None = None, resident: bool = False) -> list[TrajectoryJob]:
     """Every (strategy, seed) trajectory of the experiment, seed by seed."""
     config = prepared.config
     return [
         TrajectoryJob(config=config, plan=plan, seed=seed.seed, manifest=seed.manifest, annotator=seed.annotator,
                       run_location=run_location(config.resolved_storage(), name, seed.seed),
                       checkpoint_location=storage.join(config.resolved_storage(), "checkpoints"),
-                      staging=prepared.output_dir / "staging")
+                      staging=prepared.output_dir / "staging", resident_scoring=resident)
         for seed in (prepared.seeds if seeds is None else seeds)
         for name, plan in prepared.plans.items()
     ]
+
+
+def set_torch_threads(config: ExperimentConfig) -> int:
+    """Apply ``execution.torch_threads`` to this process (the driver); return torch's threads."""
+    import torch
+
+    if config.execution.torch_threads is not None:
+        torch.set_num_threads(config.execution.torch_threads)
+    return torch.get_num_threads()
+
+
+def scoring_mode(config: ExperimentConfig, plans: dict[str, StrategyPlan], manifest: PoolManifest,
+                 concurrent: int) -> ModeDecision:
+    """Resident scorers or streaming passes for this run (``scoring.mode``; ``auto`` asks the cluster)."""
+    import ray
+
+    stored = {"image"} | set().union(*(p.stored_columns for p in plans.values()))
+    # A CLIP embedding column is not in the pool yet before its pass: count it at CLIP's widest (1024).
+    size = pool_bytes(manifest, stored & ({"image"} | set(manifest.vector_columns)))
+    size += manifest.num_pool * 4 * 1024 * len(stored - {"image"} - set(manifest.vector_columns))
+    return use_resident(config.scoring, config.train, size, ray.cluster_resources(), concurrent)
 
 
 def _failures(failed: dict[tuple[str, int], BaseException]) -> dict[str, str]:

@@ -17,7 +17,7 @@ import hashlib
 import io
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -41,8 +41,9 @@ from osal_ray.training.checkpoints import prune_checkpoints
 
 
 @dataclass(frozen=True)
-class RunContext:
-    """Everything one trajectory needs; built by the experiment runner."""
+class TrajectoryJob:
+    """What one (strategy, seed) trajectory works on, all of it picklable: it travels to a Ray task
+    when trajectories run concurrently. ``resident_scoring``: its passes run on resident scorers."""
 
     config: ExperimentConfig
     plan: StrategyPlan
@@ -52,13 +53,30 @@ class RunContext:
     run_location: str
     checkpoint_location: str
     staging: Path
-    log: Callable[[str], None]
-    on_round: Callable[[RunState, RoundRecord], None]
-    on_phase: Callable[[str, str], None] = lambda phase, detail: None  # (training|scoring|selecting, what)
+    resident_scoring: bool = False
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.plan.name, self.seed)
 
     @property
     def label(self) -> str:
         return f"[{self.plan.name} seed={self.seed}]"
+
+    def context(self, log: Callable[[str], None], on_round: Callable[[RunState, RoundRecord], None],
+                on_phase: Callable[[str, str], None]) -> "RunContext":
+        """The trajectory's RunContext with these callables (the driver's, or a task's that send events)."""
+        return RunContext(**{f.name: getattr(self, f.name) for f in fields(TrajectoryJob)},
+                          log=log, on_round=on_round, on_phase=on_phase)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunContext(TrajectoryJob):
+    """A trajectory's job and the callables it reports through (built where the trajectory runs)."""
+
+    log: Callable[[str], None]
+    on_round: Callable[[RunState, RoundRecord], None]
+    on_phase: Callable[[str, str], None] = lambda phase, detail: None  # (training|scoring|selecting, what)
 
 
 def run_trajectory(ctx: RunContext, state: RunState | None) -> RunState:
@@ -142,6 +160,7 @@ def _select_round(ctx: RunContext, state: RunState, specs: dict[str, NetworkSpec
         context=build_context(set(ctx.plan.context), ScoringState(ctx.config, ctx.manifest, state.labeled_ids, state.labeled_labels)),
         progress=progress,
         timings=timings,
+        resident=ctx.resident_scoring,
     )
     scored = time.perf_counter()
     ctx.on_phase("selecting", f"{ctx.label} round {round_index}/{rounds}: selecting {ctx.config.al.budget} of {len(scores)}")

@@ -1,4 +1,4 @@
-"""One Ray Data pass over the pool: an actor pool of ``PoolScorer`` computes the score columns.
+"""Scoring the pool: one Ray Data pass (an actor pool of ``PoolScorer``), or the resident scorers.
 
 Actors get checkpoint paths, the (small) pool manifest and the round's small context arrays,
 never weights, so an actor that Ray restarts can rebuild itself. The reader, block size and
@@ -16,7 +16,8 @@ import pyarrow as pa
 from osal_ray.config import ScoringConfig
 from osal_ray.data.pool import PoolManifest, model_input, pool_paths, read_table
 from osal_ray.data.ray_pass import actor_constructor_kwargs, actor_device, actor_map_options, read_pool, rows_per_block
-from osal_ray.scoring.columns import COLUMNS, ColumnInputs, as_tensors, networks_for, stored_columns_for
+from osal_ray.scoring.batch import RoundNetworks, score_batch
+from osal_ray.scoring.columns import COLUMNS, as_tensors, networks_for, stored_columns_for
 from osal_ray.strategies.base import PoolScores
 
 
@@ -25,37 +26,17 @@ class PoolScorer:
 
     def __init__(self, manifest: dict, checkpoints: dict[str, str], columns: list[str], context: dict[str, np.ndarray],
                  use_gpu: bool, threads: int) -> None:
-        from osal_ray.training.checkpoints import load_network_anywhere
-
         self.device = actor_device(use_gpu, threads)
         self.manifest = PoolManifest.from_dict(manifest)
         self.columns = [COLUMNS.get(name) for name in columns]
         self.context = as_tensors(context, self.device)
-        self.networks = {}
-        for network in sorted(networks_for(columns)):
-            model, spec = load_network_anywhere(checkpoints[network])
-            self.networks[network] = (model.eval().to(self.device), spec.input)
-        self.stored = sorted(stored_columns_for(columns))
+        self.networks = RoundNetworks(self.device).load(checkpoints, list(columns))
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        import torch
+        def model_input_of(column: str) -> "torch.Tensor":  # noqa: F821
+            return model_input(batch, self.manifest, column).to(self.device)
 
-        result = {"id": batch.column("id").to_numpy()}
-        with torch.inference_mode():
-            inputs = ColumnInputs(
-                outputs={
-                    name: model.forward_all(model_input(batch, self.manifest, column).to(self.device))
-                    for name, (model, column) in self.networks.items()
-                },
-                stored={
-                    name: model_input(batch, self.manifest, name).to(self.device) for name in self.stored
-                },
-                context=self.context,
-            )
-            for column in self.columns:
-                values = column.compute(inputs)
-                result[column.name] = (values if values.dtype == torch.int64 else values.float()).cpu().numpy()
-        return result
+        return {"id": batch.column("id").to_numpy(), **score_batch(self.columns, self.networks, model_input_of, self.context)}
 
 
 def score_pool(
@@ -67,8 +48,12 @@ def score_pool(
     context: Mapping[str, np.ndarray] | None = None,
     progress: Callable[[str], None] | None = None,
     timings: dict[str, float] | None = None,
+    resident: bool = False,
 ) -> PoolScores:
     """Score every pool row; returns ids (sorted) and the requested columns.
+
+    ``resident``: on this process's resident scorers for the pool (``osal_ray.scoring.resident``,
+    started on first use and kept across rounds), else one streaming Ray Data pass.
 
     ``timings`` (if given) receives ``score`` (the Ray Data pass, until the last batch arrived)
     and ``gather`` (the driver's concatenation and sort).
@@ -82,6 +67,15 @@ def score_pool(
 
     inputs = network_inputs or {}
     stored = stored_columns_for(columns) | {inputs.get(network, "image") for network in networks_for(columns)}
+    if resident:
+        from osal_ray.scoring.resident import resident_scorers
+
+        started = time.perf_counter()
+        scorers = resident_scorers(manifest, frozenset(stored), scoring)
+        result = scorers.score(checkpoints, list(columns), context or {}, progress)
+        if timings is not None:
+            timings["score"], timings["gather"] = time.perf_counter() - started, 0.0
+        return result
     row_bytes = 8 + sum(manifest.image_bytes if c == "image" else 4 * manifest.vector_columns[c] for c in stored)
     dataset = (
         read_pool(pool_paths(manifest), manifest.num_pool, scoring)
