@@ -55,6 +55,10 @@ class PoolManifest:
         h, w, c = self.image_shape
         return h * w * c
 
+    def row_bytes(self, columns: set[str] | frozenset[str]) -> int:
+        """Bytes of one row's id and stored ``columns`` (the image as uint8, vectors as float32)."""
+        return 8 + sum(self.image_bytes if c == "image" else 4 * self.vector_columns[c] for c in columns)
+
     def known_class_names(self) -> tuple[str, ...]:
         return tuple(self.class_names[c] for c in self.known_classes)
 

@@ -26,7 +26,7 @@ from osal_ray.experiment.report import round_header, round_row, summary_table
 from osal_ray.experiment.state import RoundRecord, RunState, atomic_write_text
 from osal_ray.experiment.trajectory import TrajectoryJob, run_trajectory
 from osal_ray.lock import OutputLock
-from osal_ray.scoring.resident import ModeDecision, pool_bytes, release_resident_scorers, use_resident
+from osal_ray.scoring.resident import ModeDecision, release_resident_scorers, use_resident
 from osal_ray.training.fit import _in_tune_trial as in_tune_trial
 
 
@@ -263,7 +263,7 @@ def scoring_mode(config: ExperimentConfig, plans: dict[str, StrategyPlan], manif
 
     stored = {"image"} | set().union(*(p.stored_columns for p in plans.values()))
     # A CLIP embedding column is not in the pool yet before its pass: count it at CLIP's widest (1024).
-    size = pool_bytes(manifest, stored & ({"image"} | set(manifest.vector_columns)))
+    size = manifest.num_pool * manifest.row_bytes(stored & ({"image"} | set(manifest.vector_columns)))
     size += manifest.num_pool * 4 * 1024 * len(stored - {"image"} - set(manifest.vector_columns))
     return use_resident(config.scoring, config.train, size, ray.cluster_resources(), concurrent)
 

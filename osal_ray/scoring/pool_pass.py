@@ -76,7 +76,7 @@ def score_pool(
         if timings is not None:
             timings["score"], timings["gather"] = time.perf_counter() - started, 0.0
         return result
-    row_bytes = 8 + sum(manifest.image_bytes if c == "image" else 4 * manifest.vector_columns[c] for c in stored)
+    row_bytes = manifest.row_bytes(stored)
     dataset = (
         read_pool(pool_paths(manifest), manifest.num_pool, scoring)
         .select_columns(["id", *sorted(stored)])

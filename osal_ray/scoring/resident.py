@@ -234,9 +234,3 @@ def release_resident_scorers() -> None:
         if ray.is_initialized() and scorers.job_id == ray.get_runtime_context().get_job_id():
             scorers.close()
 
-
-def pool_bytes(manifest: PoolManifest, stored: set[str] | frozenset[str]) -> int:
-    """The bytes a resident pool holds: ids plus each stored column (images as uint8)."""
-    row = 8 + sum(manifest.image_bytes if c == "image" else 4 * manifest.vector_columns[c] for c in stored)
-    return manifest.num_pool * row
-
