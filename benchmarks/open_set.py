@@ -4,7 +4,8 @@ Settings live in ``benchmarks/open_set_settings.yaml`` (the base job plus overri
 both protocols, 4 or 6 known classes, small initial sets). Every strategy runs on the same split
 per seed, so each seed's difference to random is a paired observation; the table reports the
 mean of those differences with a 95% t-interval over seeds, next to mean ± std of each metric.
-``--sweep-a`` also runs JSOSAL with a = m x b for each multiple m (a is not given in the paper).
+``--sweep-a`` also runs JSOSAL with a = m x b for each multiple m (a is not given in the paper); the
+main comparison's ``jsosal`` is the sweep's point at its default multiple, so that one need not rerun.
 
 Writes to ``benchmarks/results/open_set/`` (``--results-dir``):
 
@@ -77,6 +78,16 @@ def build_runs(args: argparse.Namespace, spec: dict) -> list[Run]:
     return runs
 
 
+def main_a_multiple(config_file: Path) -> float | None:
+    """JSOSAL's a / b in a finished main comparison (None where it fixed ``a`` as a count)."""
+    from osal_ray.strategies.open_set import JsosalParams
+
+    params = (yaml.safe_load(config_file.read_text()).get("strategy_params") or {}).get("jsosal") or {}
+    if params.get("a") is not None:
+        return None
+    return float(params.get("a_multiple", JsosalParams.a_multiple))
+
+
 def t_interval(differences: np.ndarray) -> tuple[float, float, float]:
     """Mean and 95% t-interval of paired differences (NaN bounds with fewer than 2)."""
     from scipy import stats
@@ -128,11 +139,17 @@ def summarize(output_dir: Path, results: Path, spec: dict, minutes: float | None
         rounds = pd.read_parquet(main.with_name("rounds.parquet")).assign(setting=name, variant="main")
         frames.append(rounds)
         plot_curves(rounds, results / f"curves_{name}.png", title=f"Fashion-MNIST {name}: {spec['settings'][name]['description']}")
-        for sweep in sorted((output_dir / name).glob("jsosal_a*/summary.json")):
-            multiple = sweep.parent.name.removeprefix("jsosal_a")
+        variants = {float(path.parent.name.removeprefix("jsosal_a")): path
+                    for path in (output_dir / name).glob("jsosal_a*/summary.json")}
+        default = main_a_multiple(main.with_name("config.yaml"))
+        if "jsosal" in runs and default is not None and default not in variants:
+            variants[default] = main  # the main comparison's jsosal is the sweep's point at its own a
+        for multiple, sweep in sorted(variants.items()):
             variant = per_seed(json.loads(sweep.read_text()))
-            sweep_rows += table_rows(name, variant, reference, rename={"jsosal": f"jsosal a={multiple}b"})
-            frames.append(pd.read_parquet(sweep.with_name("rounds.parquet")).assign(setting=name, variant=f"a={multiple}b"))
+            label = f"a={multiple:g}b"
+            sweep_rows += table_rows(name, {"jsosal": variant["jsosal"]}, reference, rename={"jsosal": f"jsosal {label}"})
+            if sweep != main:
+                frames.append(pd.read_parquet(sweep.with_name("rounds.parquet")).assign(setting=name, variant=label))
     if not main_rows:
         print(f"nothing finished under {output_dir} yet")
         return

@@ -36,16 +36,18 @@ def actor_constructor_kwargs(scoring: ScoringConfig) -> dict:
     return {"use_gpu": scoring.gpus_per_actor > 0, "threads": max(1, math.ceil(scoring.cpus_per_actor))}
 
 
-def actor_map_options(scoring: ScoringConfig) -> dict:
-    """The ``map_batches`` arguments every actor pass shares: pool, CPUs, GPUs and custom resources."""
-    use_gpu = scoring.gpus_per_actor > 0
+def actor_resources(scoring: ScoringConfig) -> dict:
+    """One scoring actor's CPUs, GPUs and custom resources, as Ray's options take them."""
     return {
-        "compute": actor_pool(scoring),
-        "batch_format": "pyarrow",
         "num_cpus": scoring.cpus_per_actor,
-        "num_gpus": scoring.gpus_per_actor if use_gpu else None,
+        "num_gpus": scoring.gpus_per_actor if scoring.gpus_per_actor > 0 else None,
         "resources": dict(scoring.resources_per_actor) or None,
     }
+
+
+def actor_map_options(scoring: ScoringConfig) -> dict:
+    """The ``map_batches`` arguments every actor pass shares: pool, CPUs, GPUs and custom resources."""
+    return {"compute": actor_pool(scoring), "batch_format": "pyarrow", **actor_resources(scoring)}
 
 
 # Measured with benchmarks/scaling.py --reader v1|v2 on 2 cores (benchmarks/results/scaling_v*.md):

@@ -8,12 +8,13 @@ restarts elsewhere rebuilds itself.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from osal_ray.scoring.columns import ColumnInputs, ScoreColumn, networks_for, stored_columns_for
+from osal_ray.strategies.base import PoolScores
 
 
 class RoundNetworks:
@@ -61,3 +62,10 @@ def score_batch(
             values = column.compute(inputs)
             result[column.name] = (values if values.dtype == torch.int64 else values.float()).cpu().numpy()
     return result
+
+
+def gather_scores(parts: Sequence[Mapping[str, np.ndarray]], columns: Sequence[str]) -> PoolScores:
+    """The pool's scores from parts that each hold ``id`` and ``columns``, in any order: rows sorted by id."""
+    ids = np.concatenate([part["id"] for part in parts])
+    order = np.argsort(ids, kind="stable")
+    return PoolScores(ids[order], {name: np.concatenate([part[name] for part in parts])[order] for name in columns})

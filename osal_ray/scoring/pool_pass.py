@@ -16,7 +16,7 @@ import pyarrow as pa
 from osal_ray.config import ScoringConfig
 from osal_ray.data.pool import PoolManifest, model_input, pool_paths, read_table
 from osal_ray.data.ray_pass import actor_constructor_kwargs, actor_device, actor_map_options, read_pool, rows_per_block
-from osal_ray.scoring.batch import RoundNetworks, score_batch
+from osal_ray.scoring.batch import RoundNetworks, gather_scores, score_batch
 from osal_ray.scoring.columns import COLUMNS, as_tensors, networks_for, stored_columns_for
 from osal_ray.strategies.base import PoolScores
 
@@ -106,9 +106,7 @@ def score_pool(
     if timings is not None:
         timings["score"] = time.perf_counter() - started
     gathered = time.perf_counter()
-    ids = np.concatenate(parts.pop("id"))
-    order = np.argsort(ids, kind="stable")
-    result = PoolScores(ids[order], {name: np.concatenate(values)[order] for name, values in parts.items()})
+    result = gather_scores([{name: np.concatenate(values) for name, values in parts.items()}], columns)
     if timings is not None:
         timings["gather"] = time.perf_counter() - gathered
     return result

@@ -26,7 +26,7 @@ import numpy as np
 from osal_ray.config import ScoringConfig, TrainConfig
 from osal_ray.data.pool import PoolManifest, decode_images, decode_vectors, pool_paths, to_model_input
 from osal_ray.data.ray_pass import actor_device
-from osal_ray.scoring.batch import RoundNetworks, score_batch
+from osal_ray.scoring.batch import RoundNetworks, gather_scores, score_batch
 from osal_ray.scoring.columns import COLUMNS, as_tensors
 from osal_ray.strategies.base import PoolScores
 
@@ -160,14 +160,12 @@ class ResidentScorers:
     def __init__(self, manifest: PoolManifest, stored: frozenset[str], scoring: ScoringConfig) -> None:
         import ray
 
-        from osal_ray.data.ray_pass import actor_constructor_kwargs
+        from osal_ray.data.ray_pass import actor_constructor_kwargs, actor_resources
 
         self.manifest, self.stored, self.scoring = manifest, stored, scoring
         self.job_id = ray.get_runtime_context().get_job_id()
         actor = ray.remote(ShardScorer).options(
-            num_cpus=scoring.cpus_per_actor,
-            num_gpus=scoring.gpus_per_actor or None,
-            resources=dict(scoring.resources_per_actor) or None,
+            **actor_resources(scoring),
             max_restarts=-1,
             max_task_retries=-1,
             scheduling_strategy="DEFAULT",  # never captured by a Tune trial's placement group
@@ -192,10 +190,7 @@ class ResidentScorers:
             if progress and pending and time.perf_counter() - last > 10:
                 last = time.perf_counter()
                 progress(f"scored {len(results)}/{len(self.actors)} shards ({last - started:.0f} s)")
-        parts = [results[index] for index in range(len(self.actors))]
-        ids = np.concatenate([part["id"] for part in parts])
-        order = np.argsort(ids, kind="stable")
-        return PoolScores(ids[order], {name: np.concatenate([part[name] for part in parts])[order] for name in columns})
+        return gather_scores([results[index] for index in range(len(self.actors))], columns)
 
     def close(self) -> None:
         import ray
