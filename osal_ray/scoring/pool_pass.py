@@ -93,12 +93,11 @@ def score_pool(
         batch_size=scoring.batch_size,
         **actor_map_options(scoring),
     )
-    parts: dict[str, list[np.ndarray]] = {"id": [], **{name: [] for name in columns}}
+    parts: list[dict[str, np.ndarray]] = []
     started = last = time.perf_counter()
     done = 0
     for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
-        for name in parts:
-            parts[name].append(batch[name])
+        parts.append({name: batch[name] for name in ("id", *columns)})
         done += len(batch["id"])
         if progress and time.perf_counter() - last > 10:
             last = time.perf_counter()
@@ -106,7 +105,7 @@ def score_pool(
     if timings is not None:
         timings["score"] = time.perf_counter() - started
     gathered = time.perf_counter()
-    result = gather_scores([{name: np.concatenate(values) for name, values in parts.items()}], columns)
+    result = gather_scores(parts, columns)
     if timings is not None:
         timings["gather"] = time.perf_counter() - gathered
     return result
