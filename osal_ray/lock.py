@@ -6,6 +6,11 @@ The lock is a file, ``<output>/.osal_ray.lock``, created with O_EXCL and holding
 host, start time and command. A second process refuses at once with those details. A lock left
 by a process that is gone (same host, pid no longer alive) is taken over; a lock from another
 host cannot be checked and is refused with the path to delete once its holder is known to be gone.
+
+A holder inside a Ray worker (the service's replica) also records its raylet's pid. When that Ray
+node is gone (its driver was killed), the worker is on its way out but may live a few seconds more;
+a new process waits for it (up to ``ORPHAN_GRACE_S``) instead of refusing, so a restart right after
+a crash works.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 from osal_ray.errors import InputError
 
 LOCK_FILE = ".osal_ray.lock"
+ORPHAN_GRACE_S = 60.0
 _HELD: dict[Path, int] = {}  # this process's locks and how many holders share each
 
 
@@ -34,8 +40,9 @@ class OutputLock:
         atexit.register(self.release)
 
     @classmethod
-    def acquire(cls, directory: Path, purpose: str = "") -> "OutputLock":
-        """Take ``directory``'s lock or raise InputError naming who holds it."""
+    def acquire(cls, directory: Path, purpose: str = "", orphan_grace_s: float = ORPHAN_GRACE_S) -> "OutputLock":
+        """Take ``directory``'s lock or raise InputError naming who holds it (after waiting up to
+        ``orphan_grace_s`` for a holder whose Ray node is gone)."""
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -45,11 +52,14 @@ class OutputLock:
             return cls(path)
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                   "command": purpose or " ".join(sys.argv)}
+        raylet = _raylet_pid()
+        if raylet is not None:
+            holder["raylet_pid"] = raylet
         for _ in range(3):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                if _take_over_if_stale(path):
+                if _take_over_if_stale(path) or _outlived_orphan(path, orphan_grace_s):
                     continue
                 raise InputError("--output-dir", _held_message(directory, path)) from None
             except OSError as exc:
@@ -93,7 +103,41 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (killed, not yet reaped by its parent) holds nothing
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _raylet_pid() -> int | None:
+    """The raylet's pid when this process is a Ray worker (the raylet starts its workers), else None."""
+    ray_worker = sys.modules.get("ray._private.worker")
+    if ray_worker is None or getattr(ray_worker.global_worker, "mode", None) != ray_worker.WORKER_MODE:
+        return None
+    return os.getppid()
+
+
+def _orphaned(holder: dict | None) -> bool:
+    """A live holder on this host whose Ray node (raylet) is gone: it will exit by itself."""
+    if not holder or holder.get("host") != socket.gethostname() or "raylet_pid" not in holder:
+        return False
+    return _alive(int(holder.get("pid", -1))) and not _alive(int(holder["raylet_pid"]))
+
+
+def _outlived_orphan(path: Path, grace_s: float) -> bool:
+    """Wait up to ``grace_s`` for an orphaned holder to exit; True when it did (try again)."""
+    holder = read_holder(path)
+    if not _orphaned(holder):
+        return False
+    pid = int(holder["pid"])
+    print(f"{path.parent}: waiting up to {grace_s:.0f} s for pid {pid}, left by a Ray node that is gone, to exit",
+          file=sys.stderr, flush=True)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.2)
+    return not _alive(pid)
 
 
 def _take_over_if_stale(path: Path) -> bool:
@@ -123,4 +167,8 @@ def _held_message(directory: Path, path: Path) -> str:
     message = f"{directory} is in use by {who} ({holder.get('command', '?')}); wait for it to finish"
     if holder.get("host") != socket.gethostname():
         message += f", or delete {path} if that process is gone"
+    elif _orphaned(holder):
+        message = (f"{directory} is in use by {who} ({holder.get('command', '?')}), a Ray worker whose node "
+                   f"(raylet pid {holder['raylet_pid']}) is gone and which has not exited; stop it "
+                   f"(kill {holder['pid']}) and start again")
     return message

@@ -250,6 +250,68 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     assert not (tmp_path / LOCK_FILE).exists() and not lock.held
 
 
+def _orphan_lock(directory: Path, pid: int) -> None:
+    """A lock as a Ray worker writes it, held by live ``pid``, whose raylet is gone."""
+    import socket
+
+    from osal_ray.lock import LOCK_FILE
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": "then",
+                                                   "command": "osal_ray.serve for x", "raylet_pid": 2**22 + 54321}))
+
+
+def test_a_restart_waits_for_the_worker_a_killed_ray_node_left_behind(tmp_path):
+    """kill -9 of a service leaves its replica (the lock's holder) alive for a moment: the restart
+    waits for it instead of refusing, and refuses with what to do if it never exits."""
+    import subprocess
+    import sys
+    import threading
+
+    from osal_ray.lock import LOCK_FILE, OutputLock
+
+    straggler = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        _orphan_lock(tmp_path / "a", straggler.pid)
+        with pytest.raises(InputError, match=f"raylet pid {2**22 + 54321}.*kill {straggler.pid}"):
+            OutputLock.acquire(tmp_path / "a", orphan_grace_s=0.5)
+        assert json.loads((tmp_path / "a" / LOCK_FILE).read_text())["pid"] == straggler.pid  # refused: untouched
+        threading.Timer(1.0, straggler.kill).start()
+        with OutputLock.acquire(tmp_path / "a", orphan_grace_s=30):
+            assert json.loads((tmp_path / "a" / LOCK_FILE).read_text())["pid"] != straggler.pid
+    finally:
+        straggler.kill()
+        straggler.wait()
+
+
+def test_a_live_holder_with_its_ray_node_alive_is_not_waited_for(tmp_path, ray_session):
+    """A Ray worker records its raylet; while that raylet lives, the lock is refused at once."""
+    import os
+    import time
+
+    import ray
+
+    from osal_ray.lock import OutputLock
+
+    @ray.remote(num_cpus=0)
+    class Holder:
+        def hold(self, directory: str) -> dict:
+            self.lock = OutputLock.acquire(Path(directory), purpose="held in a worker")
+            return {**json.loads(self.lock.path.read_text()), "worker_pid": os.getpid()}
+
+    actor = Holder.remote()
+    try:
+        holder = ray.get(actor.hold.remote(str(tmp_path / "b")))
+        assert holder["raylet_pid"] != holder["pid"] and holder["pid"] == holder["worker_pid"]
+        assert "raylet" in Path(f"/proc/{holder['raylet_pid']}/cmdline").read_text()
+        started = time.monotonic()
+        with pytest.raises(InputError, match=f"in use by pid {holder['pid']}.*wait for it to finish"):
+            OutputLock.acquire(tmp_path / "b", orphan_grace_s=30)
+        assert time.monotonic() - started < 5
+    finally:
+        ray.kill(actor)
+
+
 def test_simulated_image_pool_needs_a_truth_file(example, tmp_path):
     with pytest.raises(InputError, match="oracle.truth_file"):
         prepare_experiment(_config(example, tmp_path / "o", **{"oracle.kind": "simulated"}), **QUIET)
