@@ -77,7 +77,8 @@ class ServiceProcess:
             return error.code, _decode(error.read(), error.headers.get("Content-Type", ""))
 
     def kill9(self) -> None:
-        """SIGKILL the service's process (its embedded Ray goes with it: kernel fate sharing)."""
+        """SIGKILL the service's process. Its embedded Ray goes with it (kernel fate sharing), but the
+        replica, the output lock's holder, may outlive it by seconds: a restart waits for it (``osal_ray.lock``)."""
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(30)
