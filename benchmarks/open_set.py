@@ -114,7 +114,9 @@ def table_rows(setting: str, runs: dict[str, dict[int, dict[str, float]]], refer
         row: dict = {"setting": setting, "strategy": (rename or {}).get(strategy, strategy), "seeds": len(seeds)}
         for metric in METRICS:
             values = np.array([seeds[s][metric] if seeds[s][metric] is not None else np.nan for s in sorted(seeds)], dtype=float)
-            row[f"{metric}_mean"], row[f"{metric}_std"] = float(np.nanmean(values)), float(np.nanstd(values))
+            present = values[np.isfinite(values)]  # a metric can be missing (recall without knowns)
+            row[f"{metric}_mean"] = float(present.mean()) if len(present) else math.nan
+            row[f"{metric}_std"] = float(present.std()) if len(present) else math.nan
         for metric in PAIRED:
             shared = sorted(set(seeds) & set(reference or {}))
             diffs = np.array([seeds[s][metric] - reference[s][metric] for s in shared], dtype=float) if shared else np.array([])
