@@ -45,6 +45,22 @@ def test_kmeans_pp_weights_scale_the_draw_and_zero_weight_is_never_drawn_while_o
     assert set(chosen.tolist()) == set(range(20, 40))
 
 
+def test_kmeans_pp_keeps_away_from_centres_chosen_by_another_rule():
+    rng = np.random.default_rng(5)
+    probs = rng.dirichlet([1, 1, 1], 50)
+    embedding = rng.normal(size=(50, 4))
+    given = np.array([3, 17, 3])  # a repeated centre counts once
+    chosen, drawn = kmeans_pp(*gradient_factors(probs, embedding), 6, np.random.default_rng(6), centres=given)
+    explicit = _explicit_gradient_embeddings(probs, embedding)
+    assert len(chosen) == 6 and not set(chosen.tolist()) & {3, 17}
+    for step in range(6):  # each draw's distance counts the given centres as earlier ones
+        centres = explicit[np.concatenate([[3, 17], chosen[:step]]).astype(int)]
+        expected = ((explicit[chosen[step]] - centres) ** 2).sum(1).min()
+        assert drawn[step] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    everything, _ = kmeans_pp(*gradient_factors(probs, embedding), 100, np.random.default_rng(6), centres=given)
+    assert sorted(everything.tolist() + [3, 17]) == list(range(50))  # never more than the rest
+
+
 def test_badge_prefers_uncertain_and_spread_samples():
     rng = np.random.default_rng(4)
     n = 300
@@ -122,6 +138,31 @@ def test_osal_learns_from_its_own_queries_which_features_mean_unknown():
     assert known2[second.indices].mean() >= 0.85
     probability = second.diagnostics["known_probability"]
     assert probability[known2].mean() > probability[~known2].mean() + 0.3
+
+
+@pytest.mark.parametrize("share, surest", [(0.0, 0), (0.25, 10), (0.5, 20), (1.0, 40)])
+def test_osal_spends_its_known_share_on_the_most_likely_known(share, surest):
+    """``known_share`` of the budget goes to the highest known probabilities (LfOSA's pick, for
+    recall); k-means++ spends the rest, kept away from them."""
+    pool, _ = _osal_pool(400, 3, margin_of_unknowns=-3.0)
+    context = QueryContext(num_known=2, rng=np.random.default_rng(0), round=1, params={"known_share": share},
+                           labeled=LabeledScores(pool.subset(np.arange(0)), np.empty(0, dtype=np.int64)))
+    selection = get_strategy("osal").select(pool, 40, context)
+    probability = selection.diagnostics["known_probability"]
+    assert len(selection.indices) == 40 == len(set(selection.indices.tolist()))
+    if surest:
+        rest = np.setdiff1d(np.arange(len(pool)), selection.indices[:surest])
+        assert probability[selection.indices[:surest]].min() >= probability[rest].max()
+    if surest < 40:  # the diverse part is not simply the next most likely
+        top = np.argsort(-probability, kind="stable")[:40]
+        assert set(selection.indices.tolist()) != set(top.tolist())
+
+
+def test_osal_refuses_a_known_share_outside_0_1():
+    from osal_ray.errors import InputError
+
+    with pytest.raises(InputError, match="strategy_params.osal.known_share"):
+        get_strategy("osal").resolve_params({"known_share": 1.5})
 
 
 def test_calibration_evidence_is_the_query_time_features_of_samples_now_labeled():

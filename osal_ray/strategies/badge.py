@@ -31,7 +31,7 @@ def gradient_factors(probs: np.ndarray, embedding: np.ndarray) -> tuple[np.ndarr
 
 
 def kmeans_pp(residual: np.ndarray, embedding: np.ndarray, k: int, rng: np.random.Generator,
-              weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+              weights: np.ndarray | None = None, centres: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """k-means++ seeding on the gradient embeddings (residual (x) embedding).
 
     The first centre is the largest (weighted) squared norm; each next one is drawn with
@@ -39,32 +39,41 @@ def kmeans_pp(residual: np.ndarray, embedding: np.ndarray, k: int, rng: np.rando
     ``weights`` (optional, >= 0; e.g. a probability of being worth a label) scale that mass
     without moving the samples: distances stay those of the gradient embeddings. Returns the
     chosen positions in draw order and each one's squared distance to the earlier centres when
-    drawn (the first: its squared norm).
+    drawn (the first: its squared norm). ``centres`` (optional positions) are centres chosen
+    already, by another rule: the draws keep away from them, and they are not returned.
     """
     n = len(residual)
-    k = min(k, n)
+    given = np.unique(np.asarray(centres if centres is not None else [], dtype=np.int64))
+    k = min(k, n - len(given))
     weight = np.ones(n) if weights is None else np.clip(np.asarray(weights, dtype=np.float64), 0.0, None)
     sq_norm = (residual**2).sum(1) * (embedding**2).sum(1)
-    chosen = np.empty(k, dtype=np.int64)
-    drawn = np.empty(k)
+    chosen = np.empty(max(k, 0), dtype=np.int64)
+    drawn = np.empty(max(k, 0))
     nearest = np.full(n, np.inf)
     taken = np.zeros(n, dtype=bool)
-    for step in range(k):
-        mass = weight * (sq_norm if step == 0 else np.maximum(nearest, 0.0))
+
+    def add_centre(index: int) -> None:
+        taken[index] = True
+        cross = (residual @ residual[index]) * (embedding @ embedding[index])
+        np.minimum(nearest, sq_norm + sq_norm[index] - 2.0 * cross, out=nearest)
+
+    for index in given:
+        add_centre(int(index))
+    for step in range(max(k, 0)):
+        first = step == 0 and not len(given)
+        mass = weight * (sq_norm if first else np.maximum(nearest, 0.0))
         mass[taken] = 0.0
         total = mass.sum()
-        if step == 0 or total <= 0 or not np.isfinite(total):
+        if first or total <= 0 or not np.isfinite(total):
             # The first centre, or every remaining sample coincides with a centre or weighs 0:
             # the largest remaining mass, then weight, then position.
             free = np.flatnonzero(~taken)
             index = int(free[np.lexsort((free, -weight[free], -mass[free]))[0]])
         else:
             index = int(rng.choice(n, p=mass / total))
-        drawn[step] = sq_norm[index] if step == 0 else nearest[index]
+        drawn[step] = sq_norm[index] if first else nearest[index]
         chosen[step] = index
-        taken[index] = True
-        cross = (residual @ residual[index]) * (embedding @ embedding[index])
-        nearest = np.minimum(nearest, sq_norm + sq_norm[index] - 2.0 * cross)
+        add_centre(index)
     return chosen, drawn
 
 

@@ -37,6 +37,7 @@ detector trained on a few dozen samples sometimes ranks unknowns *above* knowns 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,7 @@ class OsalParams(BgmmParams):
     diversity: bool = True
     max_candidates: int = 100_000
     known_weight: float = 8.0
+    known_share: float = 0.25
     clip: bool = False
     clip_scale: float = 100.0
 
@@ -74,6 +76,8 @@ class OsalParams(BgmmParams):
             refuse(where, "calibration_decay", "must be in [0, 1] (the weight of one-round-older evidence)")
         if not self.known_weight >= 0:
             refuse(where, "known_weight", "must be >= 0 (0: BADGE, ignoring the known probability)")
+        if not 0.0 <= self.known_share <= 1.0:
+            refuse(where, "known_share", "must be in [0, 1] (the budget's share spent on the most likely known)")
         if not positive_int(self.max_candidates):
             refuse(where, "max_candidates", "must be a positive integer")
         if not self.clip_scale > 0:
@@ -143,7 +147,7 @@ def _job_defaults(config: Any) -> dict[str, Any]:
 @register_strategy("osal", columns=_columns, needs_labeled=True, params=OsalParams, networks=WEIGHTED_DETECTOR,
                    job_defaults=_job_defaults)
 def osal(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
-    """osal: BADGE's k-means++ on gradient embeddings, each draw weighted by a known probability calibrated on past queries."""
+    """osal: a share of the budget on the most likely known, the rest by BADGE's k-means++ weighted by a calibrated known probability."""
     params = context.params
     mixture, predicted_known, values = mixture_probability(pool, context)
     features = decision_features(pool, mixture, context.labeled, params, context.rng)
@@ -153,18 +157,24 @@ def osal(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
     probability = calibrate(features) if calibrate is not None else features.mean(axis=1)
     values["calibrated"] = float(calibrate is not None)
 
+    n_surest = math.floor(params.known_share * budget + 0.5)
+    surest = top_k(probability, n_surest, tiebreak=pool["det_mav"], rng=context.rng) if n_surest else np.empty(0, np.int64)
     residual, embedding = gradient_factors(pool["probs"], pool["embedding"])
     weight = probability ** params.known_weight
     if params.diversity:
         mass = weight * (residual**2).sum(1) * (embedding**2).sum(1)
+        mass[surest] = np.inf  # the surest are centres already: keep them among the candidates
         candidates = top_k(mass, params.max_candidates, rng=context.rng) if len(pool) > params.max_candidates else np.arange(len(pool))
-        picks, _ = kmeans_pp(residual[candidates], embedding[candidates], budget, context.rng, weights=weight[candidates])
-        chosen = candidates[picks]
+        given = np.flatnonzero(np.isin(candidates, surest))
+        picks, _ = kmeans_pp(residual[candidates], embedding[candidates], budget - len(surest), context.rng,
+                             weights=weight[candidates], centres=given)
+        chosen = np.concatenate([surest, candidates[picks]])
     else:
         top2 = np.sort(np.asarray(pool["probs"], dtype=np.float64), axis=1)[:, -2:]
         uncertainty = 1.0 - (top2[:, 1] - top2[:, 0]) if top2.shape[1] == 2 else np.ones(len(pool))
         candidates = np.arange(len(pool))
-        chosen = top_k(weight * uncertainty, budget, rng=context.rng)
+        rest = np.setdiff1d(candidates, surest)
+        chosen = np.concatenate([surest, rest[top_k((weight * uncertainty)[rest], budget - len(surest), rng=context.rng)]])
     values["n_candidates"] = float(len(candidates))
     carry = record_evidence(context.carry, pool.ids[chosen], features[chosen], context.round)
     return Selection(
