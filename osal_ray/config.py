@@ -66,13 +66,15 @@ class LabelStudioConfig:
     browsers reach it: tasks show images from its ``/images/{key}`` and a webhook posts
     annotations to it; null: the images are inlined in the tasks and annotations are polled.
     A command-line run polls for up to ``wait_seconds`` (0: it publishes the round and exits;
-    the next run imports what was annotated), every ``poll_seconds``.
+    the next run imports what was annotated), every ``poll_seconds``. ``cors_origins``: the web
+    origins whose pages may load the service's signed image URLs (null: the origin of ``url``).
     """
 
     url: str | None = None
     token_env: str = "LABEL_STUDIO_API_KEY"
     project: str | None = None
     service_url: str | None = None
+    cors_origins: list[str] | None = None
     wait_seconds: float = 0.0
     poll_seconds: float = 10.0
 

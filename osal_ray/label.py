@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from osal_ray.errors import InputError
 
@@ -35,7 +35,8 @@ def stage_label_file(output_dir: Path, label_file: Path) -> tuple[int, int, dict
 
 
 def stage_labels(output_dir: Path, read_items: Callable[[], list[LabelItem]], field: str, source: str,
-                 purpose: str = "", round_index: int | None = None) -> tuple[int, int, dict]:
+                 purpose: str = "", round_index: int | None = None,
+                 origins: Mapping[int, str] | None = None) -> tuple[int, int, dict]:
     """Check labels against the open round of ``output_dir`` and stage them: the one path every label
     takes (a CSV file, the HTTP API, Label Studio).
 
@@ -43,7 +44,7 @@ def stage_labels(output_dir: Path, read_items: Callable[[], list[LabelItem]], fi
     ``field`` names the input in errors; ``source`` is recorded with the staged labels. With
     ``round_index`` the labels must be for that round (a client that saw an older round is refused).
     Returns (labels staged, round, the new status). InputError naming every bad row, and nothing
-    staged, on any problem.
+    staged, on any problem. ``origins``: where a row's label was made, recorded with it (``labels.stage``).
     """
     from osal_ray.annotation.files import open_round, read_request, round_dir, waiting_status, write_audit, write_status
     from osal_ray.annotation.labels import LabelSet, check_labels, stage
@@ -61,7 +62,7 @@ def stage_labels(output_dir: Path, read_items: Callable[[], list[LabelItem]], fi
         labels = LabelSet(tuple(request["class_names"]), request["unknown_label"])
         rows = check_labels(read_items(), queried, labels, field)
         if rows:
-            stage(round_dir(output_dir, open_index), rows, source)
+            stage(round_dir(output_dir, open_index), rows, source, origins)
             write_audit(output_dir)
         status = waiting_status(output_dir, open_index)
         write_status(output_dir, status)

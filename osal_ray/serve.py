@@ -9,6 +9,7 @@ Endpoints: see ``osal_ray.service.api`` or ``http://HOST:PORT/docs``.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
@@ -53,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(config, token, args.host, args.port, max_body)
 
 
+def _not_reconnecting(record: logging.LogRecord) -> bool:
+    """Drop the line ``serve.run`` logs when it finds the Serve instance ``serve.start`` just started with
+    this service's HTTP options ("Connecting to existing Serve app ... will not be applied"): those
+    options were applied, so the line would only mislead."""
+    return not record.getMessage().startswith("Connecting to existing Serve app")
+
+
 def _serve(config, token: str, host: str, port: int, max_body: int) -> int:
     from ray import serve
 
@@ -64,12 +72,16 @@ def _serve(config, token: str, host: str, port: int, max_body: int) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     serve.start(http_options={"host": host, "port": port})
+    serve_logger = logging.getLogger("ray.serve")
+    serve_logger.addFilter(_not_reconnecting)
     try:
         serve.run(application(config, token, max_body), name=APP_NAME, route_prefix="/")
     except RuntimeError as exc:
         print(f"osal_ray.serve: error: the service did not start: {exc}", file=sys.stderr)
         serve.shutdown()
         return 1
+    finally:
+        serve_logger.removeFilter(_not_reconnecting)
     print(f"osal_ray service for {config.resolved_output_dir().resolve()} at http://{host}:{port} "
           f"(API docs: http://{host}:{port}/docs; Ctrl-C stops it)", flush=True)
     stop.wait()

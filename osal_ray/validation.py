@@ -130,6 +130,22 @@ def _require(condition: bool, field: str, message: str) -> None:
         raise InputError(field, message)
 
 
+def web_origin(url: str) -> str | None:
+    """The origin (``scheme://host[:port]``) of an http(s) URL, as browsers send it; None for anything else."""
+    from urllib.parse import urlparse
+
+    try:
+        parsed = urlparse(url)
+        port = parsed.port
+    except ValueError:
+        return None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or "*" in url:
+        return None
+    default = {"http": 80, "https": 443}[parsed.scheme]
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    return f"{parsed.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
 def _validate_label_studio(config: ExperimentConfig) -> None:
     """The Label Studio settings an ``oracle.kind: label_studio`` run needs (the server is asked in preflight)."""
     import os
@@ -150,5 +166,8 @@ def _validate_label_studio(config: ExperimentConfig) -> None:
     if studio.project is not None:
         _require(3 <= len(studio.project.strip()) <= 50, "label_studio.project",
                  f"{studio.project!r}: Label Studio project titles have 3 to 50 characters")
+    for origin in studio.cors_origins or []:
+        _require(isinstance(origin, str) and web_origin(origin) == origin, "label_studio.cors_origins",
+                 f"{origin!r} is not a web origin (scheme://host[:port], no path, no '*')")
     _require(studio.wait_seconds >= 0, "label_studio.wait_seconds", "must be >= 0")
     _require(studio.poll_seconds > 0, "label_studio.poll_seconds", "must be positive")

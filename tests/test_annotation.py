@@ -77,7 +77,12 @@ def test_a_files_run_waits_for_labels_and_imports_them(ray_session, example, tmp
     keys = sorted({q["key"] for q in queries})
     assert status["missing"] == len(keys) and status["queried"] == len(keys)
     template = (folder / "labels_template.csv").read_text().splitlines()
-    assert template[0] == "key,label" and sorted(line.rstrip(",") for line in template[1:]) == keys
+    assert template[0] == "key,path,prediction,label" and sorted(line.split(",")[0] for line in template[1:]) == keys
+    request = json.loads((folder / "request.json").read_text())
+    guesses = set(request["class_names"]) | {request["unknown_label"]}
+    assert all(line.endswith(",") and line.split(",")[2] in guesses for line in template[1:])  # the model's guess
+    assert all(q["prediction"] in guesses and 0 <= q["prediction_score"] <= 1 for q in request["queries"])
+    assert "model's guess" in (folder / "contact_sheet.html").read_text()
     sheet = (folder / "contact_sheet.html").read_text()
     assert len(re.findall(r'<img src="data:image/png;base64,', sheet)) == len(keys)
 
@@ -103,6 +108,8 @@ def test_a_files_run_waits_for_labels_and_imports_them(ray_session, example, tmp
     audit = pd.read_parquet(out / "labels.parquet")
     assert sorted(audit["key"]) == keys and set(audit["round"]) == {1}
     assert set(audit["source_file"]) == {str(first.resolve()), str(rest.resolve())}
+    guessed = {q["key"]: q["prediction"] for q in request["queries"]}
+    assert (audit["agreed_with_prediction"] == (audit["label"] == audit["key"].map(guessed))).all()
     queries_table = pd.read_parquet(out / "queries.parquet")
     assert set(queries_table["key"]) == set(keys) and queries_table["path"].notna().all()
     rounds = pd.read_parquet(out / "rounds.parquet")

@@ -17,7 +17,8 @@ from osal_ray.annotation.label_studio_api import (
     LabelStudioProject,
     config_choices,
     labeling_config,
-    parse_webhook,
+    newest_annotation,
+    webhook_task_id,
 )
 from osal_ray.errors import InputError
 from label_studio_server import LabelStudioServer, label_studio_server  # noqa: F401 (the fixture)
@@ -141,7 +142,9 @@ def test_webhook_body_from_label_studio_parses(client: LabelStudioProject):
         path, headers, body = received.get(timeout=30)
         assert path == "/hook" and headers.get("X-Osal-Secret") == "s2"
         assert body["action"] == "ANNOTATION_CREATED"
-        parsed = parse_webhook(body)
+        assert webhook_task_id(body) == task_id  # only the id is taken from the body
+        key, round_, parsed = client.task_annotation(project_id, task_id)
+        assert (key, round_) == (task["key"], 3)
         assert parsed == LabelStudioAnnotation(
             task_id=task_id,
             annotation_id=annotation_id,
@@ -152,13 +155,33 @@ def test_webhook_body_from_label_studio_parses(client: LabelStudioProject):
             updated_at=parsed.updated_at if parsed else "",
         )
         assert parsed is not None and parsed.annotator == client.annotations(project_id)[0].annotator
+        assert client.task_annotation(project_id + 1000, task_id) is None  # not this project's task
+        assert client.task_annotation(project_id, 10**9) is None
         assert not [p for p, _, _ in drain(received) if p.startswith("/images")]  # the server never fetches images
 
         client._client.annotations.update(annotation_id, result=body["annotation"]["result"][:0])
         path, _, body = received.get(timeout=30)
-        assert body["action"] == "ANNOTATION_UPDATED"
-        updated = parse_webhook(body)
+        assert body["action"] == "ANNOTATION_UPDATED" and webhook_task_id(body) == task_id
+        updated = client.task_annotation(project_id, task_id)[2]
         assert updated is not None and updated.label is None and updated.annotation_id == annotation_id
+        assert updated.origin != parsed.origin  # a new version of the same annotation
+
+
+def test_cancelled_annotation_is_the_newest_and_marked(client: LabelStudioProject):
+    project_id = client.ensure_project(unique_title(), CHOICES)
+    client.import_tasks(project_id, tasks_for(4, 1))
+    (task_id,) = client.task_ids(project_id).values()
+    client.annotate(task_id, "cat")
+    client._client.annotations.create(task_id, result=[], was_cancelled=True)  # Label Studio's Skip button
+    (found,) = client.annotations(project_id)
+    assert found.cancelled and found.label is None
+
+
+def test_new_projects_require_a_choice_and_carry_the_instruction(client: LabelStudioProject):
+    project_id = client.ensure_project(unique_title(), CHOICES, "<p>how to label</p>")
+    project = client._client.projects.get(project_id)
+    assert 'required="true"' in project.label_config
+    assert project.expert_instruction == "<p>how to label</p>" and project.show_instruction
 
 
 @pytest.mark.parametrize(
@@ -168,26 +191,24 @@ def test_webhook_body_from_label_studio_parses(client: LabelStudioProject):
         {"action": "PROJECT_CREATED", "project": {"id": 1}},
         {"action": "ANNOTATION_CREATED"},
         {"action": "ANNOTATION_CREATED", "task": [], "annotation": "x"},
-        {"action": "ANNOTATION_CREATED", "task": {"id": 1, "data": {"key": "k"}}, "annotation": {"id": 2}},
         {"action": "ANNOTATION_CREATED", "task": {"id": "x", "data": {"key": "k", "round": 0}}, "annotation": {}},
-        {"action": "ANNOTATION_UPDATED", "task": {"id": 1, "data": None}, "annotation": {"id": 2, "result": 5}},
+        {"action": "ANNOTATION_CREATED", "task": {"id": True}, "annotation": {"task": None}},
+        {"action": "ANNOTATION_UPDATED", "task": {"id": [1]}, "annotation": {"id": 2, "result": 5}},
         {"action": ["ANNOTATION_CREATED"]},
         None,
         [],
         "ANNOTATION_CREATED",
     ],
 )
-def test_parse_webhook_returns_none_on_junk(junk):
-    assert parse_webhook(junk) is None
+def test_webhook_task_id_is_none_on_junk(junk):
+    assert webhook_task_id(junk) is None
 
 
-def test_parse_webhook_tolerates_odd_results():
-    body = {
-        "action": "ANNOTATION_UPDATED",
-        "task": {"id": 7, "data": {"key": "k", "round": "2"}},
-        "annotation": {"id": 9, "completed_by": {"id": 4, "email": "a@b"}, "result": [None, {"type": "choices"}]},
-    }
-    assert parse_webhook(body) == LabelStudioAnnotation(7, 9, "k", 2, None, "4", "")
+def test_newest_annotation_tolerates_odd_results():
+    task = {"id": 7, "data": {"key": "k", "round": "2"},
+            "annotations": [{"id": 9, "completed_by": {"id": 4, "email": "a@b"}, "result": [None, {"type": "choices"}]}]}
+    assert newest_annotation(task) == LabelStudioAnnotation(7, 9, "k", 2, None, "4", "")
+    assert newest_annotation({"id": 7, "data": {"key": "k", "round": 2}, "annotations": []}) is None
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import io
 import json
 import os
 import time
@@ -21,16 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from osal_ray.annotation.labels import SKIP, LabelSet, merged_labels, staged_submissions
+from osal_ray.annotation.labels import SKIP, LabelSet, merged_labels, read_records, staged_submissions, write_record
 from osal_ray.data.pool import PoolManifest, read_catalog
 from osal_ray.errors import InputError
-from osal_ray.experiment.oracle import Annotator, QueryRequest
+from osal_ray.experiment.oracle import Annotator, Correction, QueryRequest
 
 ANNOTATION_DIR = "annotation"
 STATUS_FILE = "status.json"
 LABELS_FILE = "labels.parquet"
 REQUEST_FILE = "request.json"
 CLOSED_FILE = "closed.json"
+TEMPLATE_FILE = "labels_template.csv"
+CORRECTIONS_DIR = "corrections"  # under annotation/: labels changed after their round closed
 
 
 def round_dir(output_dir: Path, round_index: int) -> Path:
@@ -77,6 +80,7 @@ class FilesAnnotator(Annotator):
     """People label from the annotation folder; answers come from the staged label files."""
 
     kind = "files"
+    shows_predictions = True
 
     def __init__(self, output_dir: Path, manifests: list[PoolManifest], labels: LabelSet, data_root: str | None) -> None:
         self.output_dir = output_dir
@@ -100,6 +104,12 @@ class FilesAnnotator(Annotator):
             return None
         return np.asarray([self.labels.answer(staged[k]) for k in keys], dtype=np.int64)
 
+    def corrections(self) -> list[Correction]:
+        """Labels changed after their round closed (``stage_correction``), oldest first."""
+        ids = {key: sample for sample, (key, _) in self.catalog.items()}
+        return [Correction(c["file"], int(c["round"]), int(ids[c["key"]]), self.labels.answer(c["label"]), c["label"], c["previous"])
+                for c in read_corrections(self.output_dir) if c["key"] in ids]
+
     def publish(self, requests: list[QueryRequest]) -> None:
         """Write the round's folder once (a rerun keeps it, and every label staged into it)."""
         rounds = sorted({r.round for r in requests})
@@ -111,10 +121,14 @@ class FilesAnnotator(Annotator):
         folder = round_dir(self.output_dir, round_index)
         queries = []
         for request in requests:
-            for rank, (sample, score) in enumerate(zip(request.ids, request.scores), start=1):
+            guesses = request.predictions or (None,) * len(request.ids)
+            sureness = request.prediction_scores or (None,) * len(request.ids)
+            for rank, (sample, score, guess, sure) in enumerate(zip(request.ids, request.scores, guesses, sureness), start=1):
                 key, path = self.catalog[int(sample)]
                 queries.append({"rank": rank, "key": key, "path": path, "id": int(sample), "score": _finite(score),
-                                "strategy": request.strategy, "seed": request.seed})
+                                "strategy": request.strategy, "seed": request.seed,
+                                "prediction": None if guess is None else self.labels.name_of(int(guess)),
+                                "prediction_score": None if sure is None else _finite(sure)})
         if (folder / REQUEST_FILE).is_file():
             published = {(q["key"], q["strategy"], q["seed"]) for q in read_request(self.output_dir, round_index)["queries"]}
             if published != {(q["key"], q["strategy"], q["seed"]) for q in queries}:
@@ -122,8 +136,7 @@ class FilesAnnotator(Annotator):
             return
         folder.mkdir(parents=True, exist_ok=True)
         self._write_queries_csv(folder, queries)
-        unique = list(dict.fromkeys((q["key"], q["path"], q["id"]) for q in queries))
-        _write_text(folder / "labels_template.csv", "key,label\n" + "".join(f"{key},\n" for key, _, _ in unique))
+        _write_text(folder / TEMPLATE_FILE, labels_template(queries))
         _write_text(folder / "contact_sheet.html", self._contact_sheet(round_index, queries))
         request = {"round": round_index, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                    "class_names": list(self.labels.class_names), "unknown_label": self.labels.unknown_label,
@@ -146,17 +159,11 @@ class FilesAnnotator(Annotator):
         os.replace(tmp, folder / "queries.csv")
 
     def image_bytes(self, sample: int) -> bytes:
-        """The PNG (or original file) bytes shown for a sample: its file under the data root if it
-        has one, else the pool's stored image."""
-        from osal_ray.data.image_files import thumbnail_png
+        """The PNG thumbnail shown for a sample: its file while it still is the keyed content, else the pool's copy."""
+        from osal_ray.annotation.images import display_png
 
         key, path = self.catalog[int(sample)]
-        if path and self.data_root is not None and (self.data_root / path).is_file():
-            try:
-                return thumbnail_png((self.data_root / path).read_bytes())
-            except Exception:  # noqa: BLE001  (an image that decoded once may have been replaced by garbage)
-                pass
-        return pool_image_png(self.manifests, int(sample))
+        return display_png(self.manifests, int(sample), key, path, self.data_root)
 
     def _contact_sheet(self, round_index: int, queries: list[dict]) -> str:
         cards = []
@@ -165,10 +172,12 @@ class FilesAnnotator(Annotator):
             first = mine[0]
             picture = base64.b64encode(self.image_bytes(sample)).decode()
             asked = "; ".join(f"#{q['rank']} {html.escape(q['strategy'])} seed {q['seed']}" for q in mine)
+            guess = "" if first.get("prediction") is None else \
+                f'<br>model\'s guess: <b>{html.escape(first["prediction"])}</b> ({first.get("prediction_score") or 0:.2f})'
             cards.append(
                 f'<figure><img src="data:image/png;base64,{picture}" alt="{html.escape(first["key"])}">'
                 f'<figcaption><b>{html.escape(asked)}</b><br><code>{html.escape(first["key"][:16])}</code><br>'
-                f'{html.escape(first["path"] or "")}</figcaption></figure>'
+                f'{html.escape(first["path"] or "")}{guess}</figcaption></figure>'
             )
         allowed = ", ".join(f"<code>{html.escape(v)}</code>" for v in self.labels.allowed())
         return (
@@ -179,57 +188,108 @@ class FilesAnnotator(Annotator):
             "img{width:168px;height:168px;object-fit:contain;image-rendering:pixelated;background:#eee}"
             "figcaption{font-size:11px;word-break:break-all}</style></head><body>"
             f"<h1>Round {round_index}: {len(cards)} images to label</h1>"
-            f"<p>Fill <code>labels_template.csv</code> (columns <code>key,label</code>) with one of {allowed} "
+            f"<p>Fill the <code>label</code> column of <code>{TEMPLATE_FILE}</code> (one row per image, with its key, "
+            f"path and the model's guess) with one of {allowed} "
             f"(<code>{SKIP}</code>: the image is unusable), then run <code>python -m osal_ray.label OUTPUT_DIR FILE.csv</code>.</p>"
             f"<div class='grid'>{''.join(cards)}</div></body></html>"
         )
 
 
-def pool_image_png(manifests: list[PoolManifest], sample: int) -> bytes:
-    """A pool sample's stored (resized) image as a PNG, enlarged when tiny."""
-    import io
+def read_corrections(output_dir: Path) -> list[dict]:
+    """Every correction made after its round closed, oldest first: ``round, key, label, previous, source, origin``."""
+    return read_records(output_dir / ANNOTATION_DIR / CORRECTIONS_DIR)
 
-    from PIL import Image
 
-    from osal_ray.data.pool import decode_images, pool_paths, read_table
+def effective_labels(output_dir: Path, round_index: int) -> dict[str, str]:
+    """key -> label of a round as the networks learn it: the staged labels, then later corrections."""
+    labels = merged_labels(round_dir(output_dir, round_index))
+    for correction in read_corrections(output_dir):
+        if correction["round"] == round_index:
+            labels[correction["key"]] = correction["label"]
+    return labels
 
-    for manifest in manifests:
-        table = read_table(pool_paths(manifest), ["image"], np.array([sample]))
-        if table.num_rows:
-            image = decode_images(table.column("image"), manifest)[0]
-            picture = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
-            factor = max(1, 96 // max(picture.size))
-            picture = picture.resize((picture.size[0] * factor, picture.size[1] * factor), Image.NEAREST)
-            out = io.BytesIO()
-            picture.save(out, format="PNG")
-            return out.getvalue()
-    raise KeyError(f"sample {sample} is in no pool")
+
+def stage_correction(output_dir: Path, round_index: int, key: str, label: str, source: str, origin: str) -> dict | None:
+    """Record that ``key``'s label in closed round ``round_index`` is now ``label`` (both labels kept);
+    every trajectory that learned the old label applies it from its next round on. Returns the record,
+    or None when the label is what the round has already. InputError for a key the round did not query
+    or a label outside the round's allowed set."""
+    from osal_ray.lock import OutputLock
+
+    with OutputLock.acquire(output_dir, purpose=f"correcting round {round_index}"):
+        request = read_request(output_dir, round_index)
+        if key not in {q["key"] for q in request["queries"]}:
+            raise InputError(f"round {round_index}", f"key {key} was not queried in round {round_index}")
+        if label not in request["allowed_labels"]:
+            raise InputError(f"round {round_index}", f"label {label!r} is not one of {', '.join(request['allowed_labels'])}")
+        previous = effective_labels(output_dir, round_index).get(key)
+        if previous == label:
+            return None
+        record = {"round": round_index, "key": key, "label": label, "previous": previous, "source": source,
+                  "origin": origin, "corrected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        write_record(output_dir / ANNOTATION_DIR / CORRECTIONS_DIR, record, f"round{round_index:03d}")
+        write_audit(output_dir)
+        return record
+
+
+def labels_template(queries: list[dict]) -> str:
+    """The CSV a person fills in: one row per queried image in rank order, with its path and the model's
+    guess to go by (only ``key`` and ``label`` are read back; ``path`` alone would do as well)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["key", "path", "prediction", "label"])
+    first: dict[str, dict] = {}
+    for query in queries:
+        first.setdefault(query["key"], query)
+    for query in first.values():
+        writer.writerow([query["key"], query["path"] or "", query.get("prediction") or "", ""])
+    return out.getvalue()
+
+
+AUDIT_COLUMNS = ["key", "path", "label", "round", "source_file", "source_row", "staged_file", "staged_at", "origin",
+                 "prediction", "agreed_with_prediction", "corrects"]
 
 
 def audit_rows(output_dir: Path) -> list[dict]:
-    """Every staged label of every round: the audit trail ``labels.parquet`` is written from."""
+    """Every label given, staged and corrected, of every round: the audit trail ``labels.parquet`` is
+    written from. ``agreed_with_prediction``: whether the label is the model's guess shown with the
+    image (None where none was shown); ``corrects``: for a correction made after its round closed,
+    the label it replaced."""
     rows = []
+    queried: dict[int, dict[str, dict]] = {}
     for folder in sorted((output_dir / ANNOTATION_DIR).glob("round_[0-9][0-9][0-9]")):
         if not (folder / REQUEST_FILE).is_file():
             continue
-        paths = {q["key"]: q["path"] for q in json.loads((folder / REQUEST_FILE).read_text(encoding="utf-8"))["queries"]}
         round_index = int(folder.name.split("_")[1])
+        queries = queried[round_index] = {}
+        for query in read_request(output_dir, round_index)["queries"]:
+            queries.setdefault(query["key"], query)
         for submission in staged_submissions(folder):
             for item in submission["labels"]:
-                rows.append({"key": item["key"], "path": paths.get(item["key"]), "label": item["label"], "round": round_index,
-                             "source_file": submission["source"], "source_row": item["row"], "staged_file": submission["file"],
-                             "staged_at": submission["staged_at"]})
+                rows.append(_audit_row(queries.get(item["key"], {}), item["key"], item["label"], round_index,
+                                       submission["source"], item["row"], submission["file"], submission["staged_at"],
+                                       item.get("origin")))
+    for correction in read_corrections(output_dir):
+        query = queried.get(correction["round"], {}).get(correction["key"], {})
+        rows.append({**_audit_row(query, correction["key"], correction["label"], correction["round"], correction["source"],
+                                  0, correction["file"], correction["corrected_at"], correction.get("origin")),
+                     "corrects": correction["previous"]})
     return rows
 
 
-def write_audit(output_dir: Path) -> None:
-    """Rewrite ``labels.parquet`` from the staged files (they, not it, are the record)."""
-    import io
+def _audit_row(query: dict, key: str, label: str, round_index: int, source: str, row: int, file: str, at: str,
+               origin: str | None) -> dict:
+    prediction = query.get("prediction")
+    return {"key": key, "path": query.get("path"), "label": label, "round": round_index, "source_file": source,
+            "source_row": row, "staged_file": file, "staged_at": at, "origin": origin, "prediction": prediction,
+            "agreed_with_prediction": None if prediction is None else label == prediction, "corrects": None}
 
+
+def write_audit(output_dir: Path) -> None:
+    """Rewrite ``labels.parquet`` from the staged files and corrections (they, not it, are the record)."""
     import pandas as pd
 
-    columns = ["key", "path", "label", "round", "source_file", "source_row", "staged_file", "staged_at"]
-    frame = pd.DataFrame(audit_rows(output_dir), columns=columns)
+    frame = pd.DataFrame(audit_rows(output_dir), columns=AUDIT_COLUMNS)
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     _write_bytes(output_dir / LABELS_FILE, buffer.getvalue())

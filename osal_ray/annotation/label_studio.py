@@ -11,14 +11,15 @@ service also stages the annotations Label Studio posts to its webhook, through t
 from __future__ import annotations
 
 import base64
+import html
 import json
 import os
 import time
 from pathlib import Path
 from typing import Callable
 
-from osal_ray.annotation.files import REQUEST_FILE, FilesAnnotator, open_round, read_request, round_dir
-from osal_ray.annotation.labels import LabelErrors, LabelSet, merged_labels
+from osal_ray.annotation.files import CLOSED_FILE, REQUEST_FILE, FilesAnnotator, open_round, read_request, round_dir, stage_correction
+from osal_ray.annotation.labels import SKIP, LabelErrors, LabelSet, merged_labels, staged_submissions
 from osal_ray.config import ExperimentConfig, LabelStudioConfig
 from osal_ray.data.pool import PoolManifest
 from osal_ray.errors import InputError
@@ -73,6 +74,13 @@ class LabelStudioAnnotator(FilesAnnotator):
         super().publish(requests)
         push_round(self.output_dir, self.config, requests[0].round, self.image_url, self.log)
 
+    def close(self, round_index: int) -> None:
+        """Before the round is marked imported, show on its tasks the labels that came from elsewhere."""
+        if not (round_dir(self.output_dir, round_index) / CLOSED_FILE).is_file():
+            client, project_id, _ = _round_project(self.output_dir, self.config, round_index)
+            show_staged_labels(self.output_dir, client, project_id, round_index, self.log)
+        super().close(round_index)
+
     def image_url(self, sample: int, key: str) -> str:
         """Where Label Studio shows a queried image: the service's signed URL, else the image inlined."""
         if self.settings.service_url:
@@ -82,12 +90,27 @@ class LabelStudioAnnotator(FilesAnnotator):
         return "data:image/png;base64," + base64.b64encode(self.image_bytes(sample)).decode()
 
 
-def ensure_project(output_dir: Path, config: ExperimentConfig, labels: list[str]) -> tuple[object, int]:
-    """(client, project id): the run's project, created once with a Choices control of ``labels``."""
+def annotator_instruction(labels: list[str], unknown_label: str) -> str:
+    """What the project shows annotators: what each answer means and what happens next (HTML)."""
+    known = ", ".join(f"<b>{html.escape(label)}</b>" for label in labels if label not in (unknown_label, SKIP))
+    return (
+        f"<p>Choose what the image shows: one of {known}.</p>"
+        f"<p><b>{html.escape(unknown_label)}</b>: the image shows something else, none of these classes (out of scope). "
+        "It costs a label, and teaches the model what to avoid.</p>"
+        f"<p><b>{SKIP}</b> (or Label Studio's <i>Skip</i> button): the image is unusable (broken, empty, impossible "
+        "to tell). It leaves the pool and costs nothing.</p>"
+        "<p>The pre-selected choice is the model's guess: accept it only if it is right. A choice is required. "
+        "You may change an answer later, also after its round is over: the next round trains with the new one.</p>"
+    )
+
+
+def ensure_project(output_dir: Path, config: ExperimentConfig, labels: list[str], unknown_label: str) -> tuple[object, int]:
+    """(client, project id): the run's project, created once with a Choices control of ``labels`` and
+    the annotators' instruction (an existing one is brought up to date)."""
     client = studio_client(config.label_studio)
     record = output_dir / "annotation" / PROJECT_FILE
     title = project_title(config)
-    project_id = client.ensure_project(title, labels)
+    project_id = client.ensure_project(title, labels, annotator_instruction(labels, unknown_label))
     saved = {"url": config.label_studio.url, "title": title, "project_id": project_id}
     if not record.is_file() or json.loads(record.read_text(encoding="utf-8")) != saved:
         from osal_ray import storage
@@ -101,40 +124,95 @@ def ensure_project(output_dir: Path, config: ExperimentConfig, labels: list[str]
     return client, project_id
 
 
+def _round_project(output_dir: Path, config: ExperimentConfig, round_index: int) -> tuple[object, int, dict]:
+    request = read_request(output_dir, round_index)
+    client, project_id = ensure_project(output_dir, config, request["allowed_labels"], request["unknown_label"])
+    return client, project_id, request
+
+
 def push_round(output_dir: Path, config: ExperimentConfig, round_index: int, image_url: Callable[[int, str], str],
                log: Callable[[str], None] = print) -> int:
-    """Import a published round's queries as tasks (idempotent: a task already there is not added again)."""
-    request = read_request(output_dir, round_index)
-    client, project_id = ensure_project(output_dir, config, request["allowed_labels"])
+    """Import a published round's queries as tasks with the model's guess as a pre-annotation
+    (idempotent: a task already there is not added again)."""
+    client, project_id, request = _round_project(output_dir, config, round_index)
     present = {key for key, r in client.task_ids(project_id) if r == round_index}
-    tasks, seen = [], set(present)
+    tasks, guesses, seen = [], {}, set(present)
     for query in request["queries"]:
         if query["key"] in seen:
             continue  # one task per image, however many strategies or seeds asked for it; none twice
         seen.add(query["key"])
         tasks.append({"image": image_url(int(query["id"]), query["key"]), "key": query["key"], "round": round_index,
-                      "rank": query["rank"], "path": query["path"] or "", "score": query["score"]})
+                      "rank": query["rank"], "path": query["path"] or "", "query_score": _rounded(query["score"]),
+                      "strategy": query["strategy"], "seed": query["seed"]})
+        if query.get("prediction") is not None:
+            guesses[(query["key"], round_index)] = {
+                "label": query["prediction"], "score": _rounded(query.get("prediction_score")) or 0.0,
+                "model_version": f"{config.name} round {round_index} {query['strategy']} seed {query['seed']}"[:200]}
     if not tasks:
         return 0
-    added = client.import_tasks(project_id, tasks)
+    added = client.import_tasks(project_id, tasks, guesses)
     if added:
         log(f"round {round_index}: {added} task(s) imported into Label Studio project {project_id} ({config.label_studio.url})")
     return added
 
 
 def sync_annotations(output_dir: Path, config: ExperimentConfig, log: Callable[[str], None] = print) -> int:
-    """Stage the open round's Label Studio annotations that are not staged yet; returns how many.
+    """Bring Label Studio and the staged labels together; returns how many labels were staged or corrected.
 
-    An annotation whose choice is not allowed (the project's choices edited by hand) is named in
-    the log and left out; the others are staged.
+    Every annotated task's newest annotation that osal_ray has not seen yet is staged for the open
+    round, or recorded as a correction of a closed one (``stage_correction``); then the open round's
+    labels that came from elsewhere (the HTTP API, a label file) are shown on their tasks.
     """
     round_index = open_round(output_dir)
     if round_index is None or not (round_dir(output_dir, round_index) / REQUEST_FILE).is_file():
         return 0
-    request = read_request(output_dir, round_index)
-    client, project_id = ensure_project(output_dir, config, request["allowed_labels"])
-    found = client.annotations(project_id, round_index)
-    return stage_annotations(output_dir, found, round_index, log)
+    client, project_id, _ = _round_project(output_dir, config, round_index)
+    count = take_annotations(output_dir, client.annotations(project_id), log)
+    show_staged_labels(output_dir, client, project_id, round_index, log)
+    return count
+
+
+def sync_task(output_dir: Path, config: ExperimentConfig, task_id: int, log: Callable[[str], None] = print) -> int:
+    """What a webhook announces: read that task back from Label Studio and take its newest annotation."""
+    round_index = open_round(output_dir)
+    if round_index is None:
+        return 0
+    client, project_id, _ = _round_project(output_dir, config, round_index)
+    found = client.task_annotation(project_id, task_id)
+    if found is None or found[2] is None:
+        return 0
+    return take_annotations(output_dir, [found[2]], log)
+
+
+def take_annotations(output_dir: Path, annotations: list, log: Callable[[str], None] = print) -> int:
+    """Stage (open round) or record as corrections (closed rounds) the annotations not seen before.
+
+    A cancelled annotation (Label Studio's Skip button) is ``skip``. An annotation without a choice
+    is not a label: it is named in the log, once, and the task still counts as missing."""
+    open_index = open_round(output_dir)
+    staged = 0
+    fresh = [a for a in annotations if a.origin not in _seen_origins(output_dir, a.round)]
+    for_open = [a for a in fresh if a.round == open_index]
+    if for_open:
+        staged += stage_annotations(output_dir, for_open, open_index, log)
+    for annotation in fresh:
+        if annotation.round == open_index or not (round_dir(output_dir, annotation.round) / CLOSED_FILE).is_file():
+            continue
+        label = SKIP if annotation.cancelled else annotation.label
+        if label is None:
+            _warn_no_choice(annotation, log)
+            continue
+        try:
+            record = stage_correction(output_dir, annotation.round, annotation.key, label,
+                                      f"label-studio annotation {annotation.annotation_id}", annotation.origin)
+        except InputError as exc:
+            log(f"Label Studio: annotation {annotation.annotation_id} of task {annotation.task_id} refused: {exc}")
+            continue
+        if record is not None:
+            staged += 1
+            log(f"Label Studio: round {annotation.round} is closed; {annotation.key[:16]} corrected from "
+                f"{record['previous']!r} to {label!r} (task {annotation.task_id}): the next round trains with it")
+    return staged
 
 
 def stage_annotations(output_dir: Path, annotations: list, round_index: int, log: Callable[[str], None] = print) -> int:
@@ -142,21 +220,74 @@ def stage_annotations(output_dir: Path, annotations: list, round_index: int, log
     from osal_ray.label import stage_labels
 
     staged = merged_labels(round_dir(output_dir, round_index))
-    items = [(a.annotation_id, a.key, None, a.label) for a in annotations
-             if a.round == round_index and a.label and staged.get(a.key) != a.label]
+    items, origins = [], {}
+    for a in annotations:
+        label = SKIP if a.cancelled else a.label
+        if a.round != round_index:
+            continue
+        if label is None:
+            _warn_no_choice(a, log)
+            continue
+        if staged.get(a.key) != label:
+            items.append((a.annotation_id, a.key, None, label))
+            origins[a.annotation_id] = a.origin
     if not items:
         return 0
-    source = f"label-studio annotations {', '.join(str(a.annotation_id) for a in annotations if a.round == round_index)[:200]}"
+    source = f"label-studio annotations {', '.join(str(item[0]) for item in items)[:200]}"
     try:
-        count, _, _ = stage_labels(output_dir, lambda: items, "label_studio", source, round_index=round_index)
+        count, _, _ = stage_labels(output_dir, lambda: items, "label_studio", source, round_index=round_index, origins=origins)
     except LabelErrors as errors:
         bad = {row for row, _, _ in errors.problems}
         log(f"Label Studio: {len(bad)} annotation(s) refused: {errors.message}")
         items = [item for item in items if item[0] not in bad]
         if not items:
             return 0
-        count, _, _ = stage_labels(output_dir, lambda: items, "label_studio", source, round_index=round_index)
+        count, _, _ = stage_labels(output_dir, lambda: items, "label_studio", source, round_index=round_index, origins=origins)
     return count
+
+
+def show_staged_labels(output_dir: Path, client, project_id: int, round_index: int, log: Callable[[str], None] = print) -> int:
+    """Annotate the round's tasks whose staged label came from elsewhere (the HTTP API, a label file) and
+    is not what Label Studio shows, so that the project shows every label; returns how many."""
+    staged = merged_labels(round_dir(output_dir, round_index))
+    shown = {a.key: (SKIP if a.cancelled else a.label) for a in client.annotations(project_id, round_index)}
+    tasks = {key: task_id for (key, r), task_id in client.task_ids(project_id).items() if r == round_index}
+    posted = 0
+    for key, label in staged.items():
+        if key in tasks and shown.get(key) != label:
+            client.annotate(tasks[key], label)  # read back later, it stages nothing: its label is the staged one
+            posted += 1
+    if posted:
+        log(f"round {round_index}: {posted} label(s) given outside Label Studio shown on their tasks")
+    return posted
+
+
+def _seen_origins(output_dir: Path, round_index: int) -> set[str]:
+    """The annotation versions already taken for a round: staged or recorded as a correction."""
+    from osal_ray.annotation.files import read_corrections
+
+    seen: set[str] = set()
+    folder = round_dir(output_dir, round_index)
+    if (folder / REQUEST_FILE).is_file():
+        seen.update(item["origin"] for sub in staged_submissions(folder) for item in sub["labels"] if item.get("origin"))
+    seen.update(c["origin"] for c in read_corrections(output_dir) if c["round"] == round_index and c.get("origin"))
+    return seen
+
+
+_WARNED: set[str] = set()  # annotations without a choice already named in the log (by this process)
+
+
+def _warn_no_choice(annotation, log: Callable[[str], None]) -> None:
+    if annotation.origin in _WARNED:
+        return
+    _WARNED.add(annotation.origin)
+    log(f"Label Studio: annotation {annotation.annotation_id} of task {annotation.task_id} (round {annotation.round}, "
+        f"{annotation.key[:16]}) has no choice: it is not a label. Open the task and choose one (or skip)")
+
+
+def _rounded(value: float | None) -> float | None:
+    """A score as people read it (six significant digits), None for none."""
+    return None if value is None else float(f"{value:.6g}")
 
 
 def wait_for_annotations(output_dir: Path, config: ExperimentConfig, log: Callable[[str], None] = print) -> None:

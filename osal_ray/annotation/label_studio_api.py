@@ -1,7 +1,7 @@
 """A thin, typed client for one Label Studio server (through ``label-studio-sdk`` 2.x).
 
 The SDK is an optional extra (``pip install 'osal_ray[label-studio]'``) and is imported only when a
-``LabelStudioProject`` is made, so osal_ray imports without it. ``parse_webhook`` needs no SDK.
+``LabelStudioProject`` is made, so osal_ray imports without it. ``webhook_task_id`` needs no SDK.
 
 Tasks carry the sample in their data: ``image`` (a URL that the annotator's *browser* loads; Label
 Studio does not fetch plain http(s) URLs itself), ``key`` (the sample's SHA-256 key) and ``round``.
@@ -12,7 +12,7 @@ Annotators are reported as Label Studio user ids (as strings): the webhook body 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import quoteattr
@@ -33,19 +33,31 @@ class LabelStudioAnnotation:
     annotation_id: int
     key: str  # task data "key" (the sample's SHA-256 key)
     round: int  # task data "round"
-    label: str | None  # the chosen Choice value; None when the annotation has no choice result
+    label: str | None  # the chosen Choice value; None when the annotation has no choice result (or was cancelled)
     annotator: str  # Label Studio user id (as a string)
     updated_at: str
+    cancelled: bool = False  # Label Studio's Skip button: a cancelled annotation
+
+    @property
+    def origin(self) -> str:
+        """This version of the annotation (it changes when someone updates it)."""
+        return f"label-studio:{self.annotation_id}:{self.updated_at}"
 
 
 def labeling_config(choices: list[str]) -> str:
-    """The labeling config: an image and one single choice among ``choices`` (XML-escaped)."""
+    """The labeling config: an image and one required single choice among ``choices`` (XML-escaped)."""
     options = "".join(f"\n    <Choice value={quoteattr(choice)}/>" for choice in choices)
     return (
         f'<View>\n  <Image name="{IMAGE_NAME}" value="${IMAGE_NAME}"/>\n'
-        f'  <Choices name="{CHOICES_NAME}" toName="{IMAGE_NAME}" choice="single" showInLine="true">'
+        f'  <Choices name="{CHOICES_NAME}" toName="{IMAGE_NAME}" choice="single" showInLine="true" required="true" '
+        f'requiredMessage="Choose a label (or skip) before you submit">'
         f"{options}\n  </Choices>\n</View>"
     )
+
+
+def choice_result(label: str) -> list[dict]:
+    """An annotation or prediction result choosing ``label``."""
+    return [{"from_name": CHOICES_NAME, "to_name": IMAGE_NAME, "type": "choices", "value": {"choices": [label]}}]
 
 
 def config_choices(config: str) -> list[str]:
@@ -58,23 +70,6 @@ def config_choices(config: str) -> list[str]:
         if control.get("name") == CHOICES_NAME:
             return [str(choice.get("value")) for choice in control.iter("Choice") if choice.get("value") is not None]
     return []
-
-
-def parse_webhook(payload: dict) -> LabelStudioAnnotation | None:
-    """The annotation in a Label Studio ANNOTATION_CREATED / ANNOTATION_UPDATED webhook body, else None.
-
-    Label Studio posts ``{"action": ..., "annotation": {...}, "task": {"id", "data", ...}, "project": {...}}``
-    (annotation and task are the model fields: ``completed_by`` is a user id). Never raises.
-    """
-    try:
-        if not isinstance(payload, dict) or payload.get("action") not in WEBHOOK_ACTIONS:
-            return None
-        task, annotation = payload.get("task"), payload.get("annotation")
-        if not isinstance(task, dict) or not isinstance(annotation, dict):
-            return None
-        return _annotation(task, annotation)
-    except Exception:  # arbitrary JSON must never break the caller
-        return None
 
 
 def _annotation(task: dict, annotation: dict) -> LabelStudioAnnotation | None:
@@ -91,15 +86,40 @@ def _annotation(task: dict, annotation: dict) -> LabelStudioAnnotation | None:
     annotator = annotation.get("completed_by")
     if isinstance(annotator, dict):  # some endpoints expand the user
         annotator = annotator.get("id", annotator.get("email"))
+    cancelled = bool(annotation.get("was_cancelled"))
     return LabelStudioAnnotation(
         task_id=task_id,
         annotation_id=annotation_id,
         key=key,
         round=round_,
-        label=_choice(annotation.get("result")),
+        label=None if cancelled else _choice(annotation.get("result")),
         annotator="" if annotator is None else str(annotator),
         updated_at=str(annotation.get("updated_at") or annotation.get("created_at") or ""),
+        cancelled=cancelled,
     )
+
+
+def newest_annotation(task: dict) -> LabelStudioAnnotation | None:
+    """The newest annotation of a task dict (``id``, ``data``, ``annotations``), cancelled ones included."""
+    given = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
+    if not given:
+        return None
+    newest = max(given, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), _int(a.get("id")) or 0))
+    return _annotation(task, newest)
+
+
+def webhook_task_id(payload: Any) -> int | None:
+    """The task id of a Label Studio annotation webhook body (ANNOTATION_CREATED / UPDATED), else None.
+
+    Only the id is taken from the body: what the task holds and what was annotated are read back from
+    Label Studio itself, so a forged body cannot label anything. Never raises."""
+    if not isinstance(payload, dict) or payload.get("action") not in WEBHOOK_ACTIONS:
+        return None
+    task, annotation = payload.get("task"), payload.get("annotation")
+    task_id = task.get("id") if isinstance(task, dict) else None
+    if task_id is None and isinstance(annotation, dict):
+        task_id = annotation.get("task")
+    return _int(task_id)
 
 
 def _choice(result: Any) -> str | None:
@@ -201,12 +221,17 @@ class LabelStudioProject:
         except httpx.HTTPError as exc:
             raise InputError("label_studio.url", f"{self.url}: {type(exc).__name__}: {exc}") from None
 
-    def ensure_project(self, title: str, choices: list[str]) -> int:
-        """The id of the project titled ``title``, created with ``labeling_config(choices)`` if there is none.
+    def ensure_project(self, title: str, choices: list[str], instruction: str = "") -> int:
+        """The id of the project titled ``title``, created with ``labeling_config(choices)`` and the
+        annotators' ``instruction`` if there is none; an existing one is brought up to date (its config,
+        e.g. the required choice, and the instruction).
 
         If a project with that title exists but its Choices differ, raise InputError("label_studio.project", ...)
         naming both sets.
         """
+        config = labeling_config(choices)
+        settings = {"label_config": config, "expert_instruction": instruction, "show_instruction": bool(instruction),
+                    "show_skip_button": True}
         for project in self._client.projects.list(title=title, page_size=PAGE_SIZE):
             if project.title != title:  # the title filter matches substrings
                 continue
@@ -217,9 +242,12 @@ class LabelStudioProject:
                     f"Label Studio project {title!r} (id {project.id}) has choices {sorted(existing)}, "
                     f"this run labels {sorted(choices)}: rename the project or fix its labeling config",
                 )
+            current = labeling_config(existing)  # the project's own order of the same choices
+            if project.label_config != current or (project.expert_instruction or "") != instruction:
+                self._client.projects.update(project.id, **{**settings, "label_config": current})
             return int(project.id)
         try:
-            created = self._client.projects.create(title=title, label_config=labeling_config(choices))
+            created = self._client.projects.create(title=title, **settings)
         except self._api_error as exc:
             if exc.status_code != 400:
                 raise
@@ -248,10 +276,12 @@ class LabelStudioProject:
                 ids[(key, round_)] = int(task["id"])
         return ids
 
-    def import_tasks(self, project_id: int, tasks: list[dict]) -> int:
+    def import_tasks(self, project_id: int, tasks: list[dict], predictions: Mapping[tuple[str, int], dict] | None = None) -> int:
         """Import tasks whose (key, round) the project lacks; returns how many were new.
 
         Each dict is a task's data: at least "image" (URL), "key", "round"; maybe "rank", "path", "score".
+        ``predictions`` (by (key, round)): a pre-annotation to import with the task, ``{"label",
+        "score", "model_version"}``, which annotators see and may accept or correct.
         """
         for task in tasks:
             missing = [name for name in ("image", "key", "round") if name not in task]
@@ -263,26 +293,40 @@ class LabelStudioProject:
             identity = (task["key"], _int(task["round"]))
             if identity not in seen:
                 seen.add(identity)
-                new.append({"data": dict(task)})
+                guess = (predictions or {}).get(identity)
+                new.append({"data": dict(task)} if guess is None else {"data": dict(task), "predictions": [
+                    {"model_version": guess["model_version"], "score": guess["score"], "result": choice_result(guess["label"])}]})
         if new:
             self._client.projects.import_tasks(project_id, request=new)
         return len(new)
 
     def annotations(self, project_id: int, round: int | None = None) -> list[LabelStudioAnnotation]:
-        """The newest non-cancelled annotation of every task (of that round when given), paging through all tasks."""
+        """The newest annotation of every annotated task (of that round when given; cancelled ones too), all pages."""
         found = []
         for task in self._tasks(project_id, True):
-            data = task.get("data") or {}
-            if round is not None and _int(data.get("round")) != round:
+            if round is not None and _int((task.get("data") or {}).get("round")) != round:
                 continue
-            live = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
-            if not live:
-                continue
-            newest = max(live, key=lambda a: (str(a.get("updated_at") or ""), _int(a.get("id")) or 0))
-            annotation = _annotation(task, newest)
+            annotation = newest_annotation(task)
             if annotation is not None:
                 found.append(annotation)
         return found
+
+    def task_annotation(self, project_id: int, task_id: int) -> tuple[str, int, LabelStudioAnnotation | None] | None:
+        """(key, round, newest annotation) of one task of the project, read from Label Studio; None when
+        the task is not there or not one of this project's osal_ray tasks."""
+        try:
+            task = _dump(self._client.tasks.get(task_id))
+        except self._api_error as exc:
+            if exc.status_code == 404:
+                return None
+            raise
+        data = task.get("data") or {}
+        key, round_ = data.get("key"), _int(data.get("round"))
+        if _int(task.get("project")) != project_id or not isinstance(key, str) or round_ is None:
+            return None
+        if task.get("annotations") is None:
+            task["annotations"] = [_dump(a) for a in self._client.annotations.list(task_id)]
+        return key, round_, newest_annotation(task)
 
     def ensure_webhook(self, project_id: int, url: str, headers: dict[str, str]) -> None:
         """A project webhook to ``url`` for ANNOTATION_CREATED and ANNOTATION_UPDATED sending ``headers``.
@@ -312,5 +356,4 @@ class LabelStudioProject:
 
     def annotate(self, task_id: int, label: str) -> int:
         """Post an annotation choosing ``label`` for a task, as an annotator would through the API; its id."""
-        result = [{"from_name": CHOICES_NAME, "to_name": IMAGE_NAME, "type": "choices", "value": {"choices": [label]}}]
-        return int(self._client.annotations.create(task_id, result=result, was_cancelled=False).id)
+        return int(self._client.annotations.create(task_id, result=choice_result(label), was_cancelled=False).id)

@@ -18,7 +18,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from osal_ray.errors import InputError
 from osal_ray.experiment.oracle import SKIPPED, UNKNOWN
@@ -36,6 +36,14 @@ class LabelSet:
 
     def allowed(self) -> list[str]:
         return [*self.class_names, self.unknown_label, SKIP]
+
+    def name_of(self, answer: int) -> str:
+        """The label text of an answer (0..K-1, ``UNKNOWN``, ``SKIPPED``): the inverse of ``answer``."""
+        if answer == SKIPPED:
+            return SKIP
+        if answer == UNKNOWN:
+            return self.unknown_label
+        return self.class_names[answer]
 
     def answer(self, label: str) -> int:
         """0..K-1 for a class name, ``UNKNOWN`` for the unknown label, ``SKIPPED`` for skip."""
@@ -146,30 +154,51 @@ def parse_label_csv(text: str, field: str) -> list[tuple[int, str | None, str | 
     return [(number, cell(row, "key"), cell(row, "path"), cell(row, "label") or "") for number, row in enumerate(rows[1:], start=1)]
 
 
-def stage(round_dir: Path, rows: list[LabelRow], source: str) -> Path:
-    """Write one accepted submission as a new staged file (atomic, never modified afterwards)."""
-    staged = round_dir / "staged"
-    staged.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source).name)[:60] or "labels"
-    number = 1 + max((int(p.name.split("-", 1)[0]) for p in staged.glob("[0-9]*-*.json")), default=0)
-    payload = {"source": source, "staged_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "labels": [{"key": r.key, "label": r.label, "row": r.row} for r in rows]}
+def stage(round_dir: Path, rows: list[LabelRow], source: str, origins: Mapping[int, str] | None = None) -> Path:
+    """Write one accepted submission as a new staged file (atomic, never modified afterwards).
+
+    ``origins`` maps a row to where its label was made (a Label Studio annotation's version), so that
+    the same annotation is never staged twice."""
+    origins = origins or {}
+    labels = [{"key": r.key, "label": r.label, "row": r.row, **({"origin": origins[r.row]} if r.row in origins else {})}
+              for r in rows]
+    payload = {"source": source, "staged_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "labels": labels}
+    return write_record(round_dir / "staged", payload, Path(source).name)
+
+
+def write_record(directory: Path, payload: dict, name: str) -> Path:
+    """Write ``payload`` as a new JSON file ``NNNNN-<pid>-<name>.json`` in ``directory``: numbered after
+    the newest, fsynced, and never over another file (records of people's labels are never replaced)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "labels"
+    number = 1 + max((int(p.name.split("-", 1)[0]) for p in directory.glob("[0-9]*-*.json")), default=0)
     while True:
-        target = staged / f"{number:05d}-{os.getpid()}-{stem}.json"
-        tmp = staged / f".{target.name}.tmp"
+        target = directory / f"{number:05d}-{os.getpid()}-{stem}.json"
+        tmp = directory / f".{target.name}.tmp"
         with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
         try:
-            os.link(tmp, target)  # fails if the name exists: never overwrites another submission
+            os.link(tmp, target)  # fails if the name exists: never overwrites another record
         except FileExistsError:
             number += 1
             tmp.unlink()
             continue
         tmp.unlink()
-        _fsync_directory(staged)
+        _fsync_directory(directory)
         return target
+
+
+def read_records(directory: Path) -> list[dict]:
+    """Every record ``write_record`` wrote in ``directory``, oldest first, each with its ``file`` name."""
+    files = sorted(directory.glob("[0-9]*-*.json"), key=lambda p: (int(p.name.split("-", 1)[0]), p.name))
+    records = []
+    for path in files:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        payload["file"] = path.name
+        records.append(payload)
+    return records
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -187,13 +216,7 @@ def _fsync_directory(directory: Path) -> None:
 
 def staged_submissions(round_dir: Path) -> list[dict]:
     """Every staged submission of a round, oldest first."""
-    files = sorted((round_dir / "staged").glob("[0-9]*-*.json"), key=lambda p: (int(p.name.split("-", 1)[0]), p.name))
-    submissions = []
-    for path in files:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        payload["file"] = path.name
-        submissions.append(payload)
-    return submissions
+    return read_records(round_dir / "staged")
 
 
 def merged_labels(round_dir: Path) -> dict[str, str]:

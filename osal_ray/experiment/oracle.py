@@ -27,13 +27,28 @@ SKIPPED = -2  # answer for an unusable image: it leaves the pool, costs no budge
 
 @dataclass(frozen=True)
 class QueryRequest:
-    """One trajectory's open batch: which samples it asks about, in rank order, and their scores."""
+    """One trajectory's open batch: which samples it asks about, in rank order, and their scores;
+    with the model's guess of each (0..K-1, ``UNKNOWN``) and how sure it is, where it made one."""
 
     strategy: str
     seed: int
     round: int
     ids: tuple[int, ...]
     scores: tuple[float, ...]
+    predictions: tuple[int, ...] | None = None
+    prediction_scores: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A label changed after its round closed: sample ``id`` of ``round`` is now ``answer``."""
+
+    name: str  # the correction's record, unique and stable (a trajectory applies each once)
+    round: int
+    id: int
+    answer: int  # 0..K-1, UNKNOWN or SKIPPED
+    label: str
+    previous: str
 
 
 class Annotator(ABC):
@@ -59,8 +74,17 @@ class Annotator(ABC):
         """The original dataset labels of ``ids`` (only where ``has_truth``)."""
         raise NotImplementedError(f"the {self.kind} annotator has no ground truth")
 
+    @property
+    def shows_predictions(self) -> bool:
+        """Whether people see the model's guess of each query (the loop then scores the classifier's probabilities)."""
+        return False
+
     def publish(self, requests: list[QueryRequest]) -> None:
         """Make the open requests of every waiting trajectory known to the people who label them."""
+
+    def corrections(self) -> list[Correction]:
+        """Labels people changed after their round closed, oldest first (none for a simulated annotator)."""
+        return []
 
     @abstractmethod
     def answers(self, round_index: int, ids: np.ndarray) -> np.ndarray | None:

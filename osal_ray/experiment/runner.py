@@ -51,6 +51,7 @@ class PreparedExperiment:
     lock: OutputLock | None = None
     image_pool: ImagePoolSource | None = None
     waiting: str | None = None  # a human round still lacks labels: nothing to do (the message says what)
+    served: bool = False  # run by the service, which continues by itself once a round is labeled
 
 
 def prepare_experiment(config: ExperimentConfig, log: Callable[[str], None] = print) -> PreparedExperiment:
@@ -314,7 +315,7 @@ def _stored_image_url(config: ExperimentConfig, output_dir: Path) -> Callable[[i
         return lambda sample, key: signed_image_url(config.label_studio.service_url, output_dir, key)
     import base64
 
-    from osal_ray.annotation.files import pool_image_png
+    from osal_ray.annotation.images import pool_image_png
     from osal_ray.data.pool import MANIFEST, read_manifest
 
     manifests = [read_manifest(p.parent) for p in sorted((output_dir / "data").glob(f"*/{MANIFEST}"))]
@@ -347,7 +348,8 @@ def _publish(prepared: PreparedExperiment, states: dict[tuple[str, int], RunStat
     if previous is not None and all(s.pending is None or s.pending.round != previous for s in states.values()):
         annotator.close(previous)
     ran = {(name, seed) for name in prepared.config.strategies for seed in prepared.config.seeds}
-    requests = [QueryRequest(s.strategy, s.seed, s.pending.round, tuple(s.pending.ids), tuple(s.pending.scores))
+    requests = [QueryRequest(s.strategy, s.seed, s.pending.round, tuple(s.pending.ids), tuple(s.pending.scores),
+                             _as_tuple(s.pending.predictions), _as_tuple(s.pending.prediction_scores))
                 for key, s in states.items() if s.pending is not None and key in ran]
     write_audit(output_dir)
     if not requests:
@@ -356,9 +358,22 @@ def _publish(prepared: PreparedExperiment, states: dict[tuple[str, int], RunStat
     annotator.publish(requests)
     status = waiting_status(output_dir, requests[0].round)
     write_status(output_dir, status)
-    if annotator.kind == "label_studio":
-        log(f"\nround {status['round']}: {status['queried']} images to label in Label Studio ({prepared.config.label_studio.url}); "
-            "then run this command again (or leave it to the service)")
+    log("\n" + _where_labels_go(prepared, status))
+
+
+def _where_labels_go(prepared: PreparedExperiment, status: dict) -> str:
+    """The line that tells people where the open round is labeled and what happens next."""
+    head = f"round {status['round']}: {status['queried']} images to label"
+    in_studio = prepared.seeds[0].annotator.kind == "label_studio"
+    if in_studio:
+        head += f" in Label Studio ({prepared.config.label_studio.url})"
     else:
-        log(f"\nround {status['round']}: {status['queried']} images to label. Open {status['contact_sheet']}, "
-            f"fill {status['labels_template']} and run: python -m osal_ray.label {output_dir} FILE.csv ; then run this command again")
+        head += (f". Open {status['contact_sheet']}, fill {status['labels_template']} and run: "
+                 f"python -m osal_ray.label {prepared.output_dir} FILE.csv")
+    if not prepared.served:
+        return f"{head}; then run this command again"
+    return f"{head}{'' if in_studio else ' (or POST /labels)'}; the service starts the next round once the last one is labeled"
+
+
+def _as_tuple(values: list | None) -> tuple | None:
+    return None if values is None else tuple(values)

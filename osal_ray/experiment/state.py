@@ -17,6 +17,7 @@ import numpy as np
 from osal_ray import storage
 from osal_ray.config import ExperimentConfig
 from osal_ray.errors import InputError
+from osal_ray.experiment.oracle import UNKNOWN, Correction
 from osal_ray.experiment.plan import StrategyPlan, plan_strategy
 
 STATE_FILE = "state.json"
@@ -65,6 +66,8 @@ class PendingQuery:
     extra: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     started_at: float = 0.0
+    predictions: list[int] | None = None  # per query: the model's guess (0..K-1, -1 unknown), for annotators
+    prediction_scores: list[float] | None = None  # how sure the guess is, in [0, 1]
 
 
 @dataclass
@@ -86,6 +89,7 @@ class RunState:
     skipped_ids: list[int] = field(default_factory=list)
     pending: PendingQuery | None = None
     version: int = STATE_VERSION
+    corrections: list[dict[str, Any]] = field(default_factory=list)  # labels changed after their round closed, applied
 
     def annotated_ids(self) -> np.ndarray:
         """Every sample a person (or the oracle) has answered for: no longer a candidate."""
@@ -108,6 +112,30 @@ class RunState:
             else:
                 raise KeyError(f"sample {i} has no recorded label")
         return np.asarray(result, dtype=np.int64)
+
+    def apply_correction(self, correction: Correction, round_index: int) -> bool:
+        """Move a sample this run answered in ``correction.round`` to its corrected label (known class,
+        invalid or skipped), once; recorded in ``corrections``. False when it does not concern this run."""
+        if any(done["name"] == correction.name for done in self.corrections):
+            return False
+        if not any(q.id == correction.id and q.round == correction.round for q in self.queries):
+            return False
+        if correction.id in self.labeled_ids:
+            position = self.labeled_ids.index(correction.id)
+            del self.labeled_ids[position], self.labeled_labels[position]
+        for ids in (self.invalid_ids, self.skipped_ids):
+            if correction.id in ids:
+                ids.remove(correction.id)
+        if correction.answer >= 0:
+            self.labeled_ids.append(correction.id)
+            self.labeled_labels.append(correction.answer)
+        elif correction.answer == UNKNOWN:
+            self.invalid_ids.append(correction.id)
+        else:
+            self.skipped_ids.append(correction.id)
+        self.corrections.append({"name": correction.name, "id": correction.id, "round": correction.round,
+                                 "previous": correction.previous, "label": correction.label, "applied_in_round": round_index})
+        return True
 
     def save(self, location: str) -> None:
         """Write the state atomically: a crash leaves the previous round's state intact."""

@@ -31,6 +31,7 @@ from osal_ray.data.pool import PoolManifest, initial_ids, read_pool_ids
 from osal_ray.experiment import metrics
 from osal_ray.experiment.networks import network_seed
 from osal_ray.experiment.plan import StrategyPlan
+from osal_ray.experiment.predictions import PROBABILITY_COLUMN, query_guesses
 from osal_ray.experiment.oracle import SKIPPED, UNKNOWN, Annotator
 from osal_ray.experiment.state import STATE_FILE, PendingQuery, QueryRecord, RoundRecord, RunState, run_settings
 from osal_ray.scoring import score_pool
@@ -144,6 +145,8 @@ def _select_round(ctx: RunContext, state: RunState, specs: dict[str, NetworkSpec
     rounds = ctx.config.al.rounds
     started = time.perf_counter()
     columns = list(ctx.plan.columns)
+    if ctx.annotator.shows_predictions and PROBABILITY_COLUMN not in columns:
+        columns.append(PROBABILITY_COLUMN)  # for the guesses people see, not for the strategy
     timings: dict[str, float] = {}
     ctx.on_phase("scoring", f"{ctx.label} round {round_index}/{rounds}: scoring the pool")
 
@@ -167,7 +170,8 @@ def _select_round(ctx: RunContext, state: RunState, specs: dict[str, NetworkSpec
     _check_finite(ctx, scores, round_index)
     annotated = np.isin(scores.ids, state.annotated_ids())
     candidate = ~annotated & ~np.isin(scores.ids, read_absent_ids(ctx.manifest))
-    pool = scores.subset(candidate)
+    scored_pool = scores.subset(candidate)
+    pool = PoolScores(scored_pool.ids, {name: scored_pool.columns[name] for name in ctx.plan.columns})
     labeled = None
     if ctx.plan.strategy.needs_labeled:
         labeled_part = scores.subset(np.isin(scores.ids, state.labeled_or_invalid_ids()))
@@ -190,6 +194,7 @@ def _select_round(ctx: RunContext, state: RunState, specs: dict[str, NetworkSpec
         {name: float(value) for name, value in selection.values.items()}
     extra["driver_peak_rss_mb"] = peak_rss_mb()
     state.rng_state = rng.bit_generator.state
+    guesses, guess_scores = query_guesses(scored_pool, selection) if ctx.annotator.shows_predictions else (None, None)
     state.pending = PendingQuery(
         round=round_index,
         ids=chosen.tolist(),
@@ -197,6 +202,8 @@ def _select_round(ctx: RunContext, state: RunState, specs: dict[str, NetworkSpec
         extra=extra,
         seconds={"score": timings.get("score", scored - started), "gather": timings.get("gather", 0.0), "select": selected - scored},
         started_at=time.time(),
+        predictions=guesses,
+        prediction_scores=guess_scores,
     )
     extra["n_scored"] = float(len(scores))
 
@@ -230,6 +237,10 @@ def _complete_round(ctx: RunContext, state: RunState, specs: dict[str, NetworkSp
         f"in {pending.seconds['select']:.2f}s"
     )
 
+    corrected = sum(state.apply_correction(c, round_index) for c in ctx.annotator.corrections())
+    if corrected:
+        ctx.log(f"{ctx.label} round {round_index}/{ctx.config.al.rounds}: {corrected} label(s) corrected after their round "
+                "closed; trained with the corrected labels")
     accuracy, train_seconds = _train_all(ctx, state, specs, round_index)
     state.completed_round = round_index
     state.pending = None

@@ -16,12 +16,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from osal_ray.annotation.labels import LabelErrors
+from osal_ray.config import ExperimentConfig
 from osal_ray.errors import InputError
 from osal_ray.service.auth import bearer_matches, image_signature_ok, token_digest, webhook_token
 from osal_ray.service.controller import Conflict, NotFound, RunController
 
 MAX_BODY_BYTES = 1 << 20  # a label batch of ~10,000 rows
 MAX_LABELS_PER_REQUEST = 10_000
+IMAGES_PREFIX = "/images/"
 KEY_PATTERN = r"^(?:[0-9a-f]{64}|[0-9]{1,18})$"  # an image pool's SHA-256 key, or a labeled dataset's sample id
 
 
@@ -42,8 +44,9 @@ class LabelBatch(BaseModel):
 def build_api(controller: RunController, token_sha256: str, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The FastAPI application serving ``controller``; callers authenticate with the token whose
     SHA-256 is ``token_sha256`` (the service never holds the token itself)."""
-    app = FastAPI(title="osal_ray", version=_version(),
+    app = FastAPI(title="osal_ray", version=_version(), docs_url=None, redoc_url=None,
                   description="Open-set active learning as a service: which images to label next, and their labels back.")
+    _offline_docs(app)
     bearer = HTTPBearer(auto_error=False, description="the service's API token (OSAL_RAY_API_TOKEN)")
 
     def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -52,6 +55,7 @@ def build_api(controller: RunController, token_sha256: str, max_body_bytes: int 
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     _limit_body_size(app, max_body_bytes)
+    app.add_middleware(ImageCors, origins=image_origins(controller.config))
     _map_errors(app)
 
     @app.get("/health", tags=["service"])
@@ -135,6 +139,76 @@ def _map_errors(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     def not_found(request: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, 404)
+
+
+DOCS_ASSETS = "/docs/assets"
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI from the ``swagger-ui-bundle`` package, served by the service itself (no CDN:
+    the page works on a machine without internet). The page and its assets hold no run data."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+
+
+def image_origins(config: ExperimentConfig) -> frozenset[str]:
+    """The web origins whose pages may load the service's images: ``label_studio.cors_origins``, else
+    the origin of ``label_studio.url`` (none without Label Studio)."""
+    from osal_ray.validation import web_origin
+
+    studio = config.label_studio
+    if studio.cors_origins is not None:
+        return frozenset(studio.cors_origins)
+    origin = web_origin(studio.url) if studio.url else None
+    return frozenset({origin} if origin else ())
+
+
+class ImageCors:
+    """ASGI middleware: CORS for ``/images/`` only, for the allowed origins only.
+
+    Label Studio's labeling view loads a task's image with a cross-origin request from its own page,
+    which a browser lets through only with ``Access-Control-Allow-Origin``; the signed URL stays the
+    key. Every other route sends no CORS header, so no other page can read the API's answers.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], origins: frozenset[str]) -> None:
+        self.app = app
+        self.origins = origins
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
+        if scope["type"] != "http" or not scope.get("path", "").startswith(IMAGES_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        origin = dict(scope.get("headers") or []).get(b"origin", b"").decode("latin-1")
+        allowed = origin in self.origins
+        if scope["method"] == "OPTIONS":  # a preflight: answered here, never reaches the routes
+            headers = {"Vary": "Origin"}
+            if allowed:
+                headers.update({"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Methods": "GET, HEAD",
+                                "Access-Control-Allow-Headers": "Accept, Range", "Access-Control-Max-Age": "600"})
+            await Response(status_code=204 if allowed else 403, headers=headers)(scope, receive, send)
+            return
+
+        async def send_with_cors(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"vary"]
+                headers.append((b"vary", b"Origin"))
+                if allowed:
+                    headers.append((b"access-control-allow-origin", origin.encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
 
 
 def _limit_body_size(app: FastAPI, limit: int) -> None:

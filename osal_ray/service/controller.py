@@ -15,9 +15,7 @@ pool, CLIP embeddings), ``training``, ``scoring``, ``selecting``, ``publishing``
 
 from __future__ import annotations
 
-import io
 import logging
-import mimetypes
 import threading
 import time
 import traceback
@@ -157,31 +155,35 @@ class RunController:
             count, open_index, status = stage_labels(self.output_dir, lambda: rows, "labels", source, round_index=round_index)
             with self._mutex:
                 started = self._maybe_continue(status)
+        if count and not started and self.oracle == "label_studio":
+            self._wake.set()  # the worker shows these labels on their Label Studio tasks
         return {"staged": count, "round": open_index, "labeled": status["labeled"], "missing": status["missing"],
                 "next_round_started": started}
 
     def stage_webhook(self, payload: dict) -> dict:
-        """Stage the annotation a Label Studio webhook carries (other events are acknowledged and ignored)."""
+        """A Label Studio webhook: the task it names is read back from Label Studio and its newest
+        annotation staged (open round) or recorded as a correction (closed round). Only the task id is
+        taken from the body; other events are acknowledged and ignored."""
         from osal_ray.annotation.files import open_round, waiting_status
-        from osal_ray.annotation.label_studio import stage_annotations
-        from osal_ray.annotation.label_studio_api import parse_webhook
+        from osal_ray.annotation.label_studio import sync_task
+        from osal_ray.annotation.label_studio_api import webhook_task_id
 
         if self.oracle != "label_studio":
             raise NotFound("this run is not labeled in Label Studio (oracle.kind is not label_studio)")
-        annotation = parse_webhook(payload)
+        task_id = webhook_task_id(payload)
+        if task_id is None:
+            return {"staged": 0, "ignored": "not an annotation event"}
         with self._staging:
-            round_index = open_round(self.output_dir)
             with self._mutex:
                 waiting = self._state == "waiting_for_labels"
-            if annotation is None or not waiting or round_index is None:
-                return {"staged": 0, "ignored": "not an annotation of the open round"}
-            if annotation.round != round_index or not annotation.label:
-                self._wake.set()  # not one we can stage as it is: the worker asks Label Studio (never inside its call)
-                return {"staged": 0, "ignored": "not a labeled annotation of the open round; polling Label Studio"}
-            count = stage_annotations(self.output_dir, [annotation], round_index, self._log)
-            status = waiting_status(self.output_dir, round_index)
+            if not waiting:
+                self._wake.set()  # the worker's next poll after this round's work takes it
+                return {"staged": 0, "ignored": f"the run is {self._state}; the next poll takes the annotation"}
+            count = sync_task(self.output_dir, self.config, task_id, self._log)
+            round_index = open_round(self.output_dir)
+            status = waiting_status(self.output_dir, round_index) if round_index is not None else {"missing": 0, "round": None}
             with self._mutex:
-                started = self._maybe_continue(status)
+                started = self._maybe_continue(status) if round_index is not None else False
         return {"staged": count, "round": round_index, "missing": status["missing"], "next_round_started": started}
 
     def rescan(self) -> dict:
@@ -251,6 +253,7 @@ class RunController:
             self._phases = []
             self._set_state("preparing", "checking the run")
         prepared = prepare_experiment(self.config, log=self._log)
+        prepared.served = True
         if prepared.waiting is None:
             run_experiment(prepared, log=self._log, on_phase=self._on_phase)
         else:
@@ -382,33 +385,17 @@ class _ImageIndex:
             self._by_key = None
 
     def image(self, key: str, size: int | None) -> Image:
+        """The content ``key`` names: its file while it still hashes to the key, else the pool's copy."""
+        from osal_ray.annotation.images import resized_png, sample_image
+
         found = self._lookup(key)
         if found is None:
             raise NotFound(f"no image with key {key} in this run's pool")
         sample, path, manifest = found
-        data = self._file_bytes(path)
-        if data is not None:
-            if size is None:
-                return Image(data, _media_type(data, path))
-            try:
-                return Image(_thumbnail(data, size), "image/png")
-            except Exception:  # noqa: BLE001  (a file replaced by garbage since it was decoded: show the pool's copy)
-                pass
-        from osal_ray.annotation.files import pool_image_png
-
-        png = pool_image_png([manifest], sample)
-        return Image(png if size is None else _thumbnail(png, size), "image/png")
-
-    def _file_bytes(self, path: str | None) -> bytes | None:
-        if not path or self.data_root is None:
-            return None
-        candidate = (self.data_root / path).resolve()
-        if not candidate.is_relative_to(self.data_root) or not candidate.is_file():
-            return None  # never read outside the data root (a crafted path, or a link leading out)
-        try:
-            return candidate.read_bytes()
-        except OSError:
-            return None
+        shown = sample_image([manifest], sample, key, path, self.data_root)
+        if size is None:
+            return Image(shown.data, shown.media_type)
+        return Image(resized_png(shown.data, size), "image/png")
 
     def _lookup(self, key: str) -> tuple[int, str | None, object] | None:
         with self._mutex:
@@ -425,32 +412,6 @@ class _ImageIndex:
             for sample, (key, path) in read_catalog(manifest).items():
                 index.setdefault(key, (int(sample), path, manifest))
         return index
-
-
-def _thumbnail(data: bytes, size: int) -> bytes:
-    """A PNG whose longer side is ``size`` pixels (small images are enlarged without smoothing)."""
-    from PIL import Image as PILImage
-
-    with PILImage.open(io.BytesIO(data)) as picture:
-        picture = picture.convert("RGB" if picture.mode not in ("L", "RGB") else picture.mode)
-        scale = size / max(picture.size)
-        shape = (max(1, round(picture.size[0] * scale)), max(1, round(picture.size[1] * scale)))
-        resized = picture.resize(shape, PILImage.NEAREST if scale > 1 else PILImage.LANCZOS)
-    out = io.BytesIO()
-    resized.save(out, format="PNG")
-    return out.getvalue()
-
-
-def _media_type(data: bytes, path: str | None) -> str:
-    from PIL import Image as PILImage
-
-    try:
-        with PILImage.open(io.BytesIO(data)) as picture:
-            if picture.format and PILImage.MIME.get(picture.format):
-                return PILImage.MIME[picture.format]
-    except Exception:  # noqa: BLE001
-        pass
-    return mimetypes.guess_type(path or "")[0] or "application/octet-stream"
 
 
 def _iso(seconds: float) -> str:
