@@ -6,6 +6,7 @@ Loading checks shapes and types (an unknown key or a wrong type names its dotted
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -17,6 +18,25 @@ from typing import Any, Union
 import yaml
 
 from osal_ray.errors import InputError
+
+LEGACY = "legacy"  # field metadata: the value a key had, in effect, before it existed
+
+
+def added_later(default: Any, *, legacy: Any) -> Any:
+    """A dataclass field added after the first release: ``default`` for new runs, ``legacy`` (the value
+    that reproduces how runs behaved before the key existed) for a saved run whose state lacks it.
+
+    Used by config sections and by strategy and objective parameters (``osal_ray.params``) alike; a
+    resumed run never changes its rule because osal_ray learned a new key (``experiment.state``).
+    """
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={LEGACY: legacy})
+    return field(default=default, metadata={LEGACY: legacy})
+
+
+def legacy_values(cls: type) -> dict[str, Any]:
+    """Every field of dataclass ``cls`` declared with ``added_later``, with its legacy value."""
+    return {f.name: copy.deepcopy(f.metadata[LEGACY]) for f in dataclasses.fields(cls) if LEGACY in f.metadata}
 
 
 @dataclass
@@ -36,12 +56,12 @@ class DataConfig:
     test_fraction: float = 0.3
     train_fraction: float = 1.0
     image_size: int = 32
-    num_samples: int = 100_000
-    num_classes: int = 10
+    num_samples: int = added_later(100_000, legacy=100_000)  # the synthetic dataset came with these two
+    num_classes: int = added_later(10, legacy=10)
     class_names: list[str] | None = None
     pool_files: int = 2
-    unknown_label: str = "unknown"
-    channels: int | None = None
+    unknown_label: str = added_later("unknown", legacy="unknown")  # image_pool came with these two
+    channels: int | None = added_later(None, legacy=None)
 
 
 @dataclass
@@ -121,7 +141,7 @@ class DetectorConfig:
 
     temperature: float = 0.5
     class_weights: str = "auto"
-    class_weight_reduction: str = "weighted_mean"
+    class_weight_reduction: str = added_later("weighted_mean", legacy="weighted_mean")  # PyTorch's, as before
 
 
 @dataclass

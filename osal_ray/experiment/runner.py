@@ -23,7 +23,7 @@ from osal_ray.experiment.outputs import plot_curves, rounds_frame, write_tables
 from osal_ray.experiment.plan import StrategyPlan, clip_embeddings_needed
 from osal_ray.experiment.preflight import check_config, check_data, check_resume, is_human, oracle_kind, run_location
 from osal_ray.experiment.report import round_header, round_row, summary_table
-from osal_ray.experiment.state import RoundRecord, RunState, atomic_write_text
+from osal_ray.experiment.state import RoundRecord, RunState, atomic_write_text, resumed_plan
 from osal_ray.experiment.trajectory import TrajectoryJob, run_trajectory
 from osal_ray.lock import OutputLock
 from osal_ray.scoring.resident import ModeDecision, release_resident_scorers, use_resident
@@ -235,10 +235,11 @@ def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Calla
 
 
 def _jobs(prepared: PreparedExperiment, seeds: list[PreparedSeed] | None = None, resident: bool = False) -> list[TrajectoryJob]:
-    """Every (strategy, seed) trajectory of the experiment, seed by seed."""
+    """Every (strategy, seed) trajectory of the experiment, seed by seed (a resumed one with its saved legacy parameters)."""
     config = prepared.config
     return [
-        TrajectoryJob(config=config, plan=plan, seed=seed.seed, manifest=seed.manifest, annotator=seed.annotator,
+        TrajectoryJob(config=config, plan=resumed_plan(config, plan, prepared.states.get((name, seed.seed))), seed=seed.seed,
+                      manifest=seed.manifest, annotator=seed.annotator,
                       run_location=run_location(config.resolved_storage(), name, seed.seed),
                       checkpoint_location=storage.join(config.resolved_storage(), "checkpoints"),
                       staging=prepared.output_dir / "staging", resident_scoring=resident)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from osal_ray import storage
-from osal_ray.config import ExperimentConfig
+from osal_ray.config import ClipConfig, DataConfig, DetectorConfig, ExperimentConfig, ModelConfig, TrainConfig, legacy_values
 from osal_ray.errors import InputError
 from osal_ray.experiment.plan import StrategyPlan, plan_strategy
 
@@ -86,6 +86,8 @@ class RunState:
     skipped_ids: list[int] = field(default_factory=list)
     pending: PendingQuery | None = None
     version: int = STATE_VERSION
+    # Strategy parameters this run was saved without (an older osal_ray): it keeps their legacy values.
+    legacy_params: list[str] = field(default_factory=list)
 
     def annotated_ids(self) -> np.ndarray:
         """Every sample a person (or the oracle) has answered for: no longer a candidate."""
@@ -200,6 +202,38 @@ def _fill_missing(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, 
     return filled
 
 
+# The run-settings sections that are config sections (their keys added later declare legacy values).
+SETTINGS_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "detector": DetectorConfig,
+                     "clip": ClipConfig}
+
+
+def legacy_settings(plan: StrategyPlan) -> dict[str, Any]:
+    """Run settings a saved run may lack because they were added later, each with its legacy value:
+    the value that reproduces how runs behaved before the key existed (``config.added_later``)."""
+    settings = {section: values for section, cls in SETTINGS_SECTIONS.items() if (values := legacy_values(cls))}
+    return {**settings, "params": type(plan.params).legacy()}
+
+
+def adopt_legacy_params(state: RunState, plan: StrategyPlan) -> None:
+    """Record in ``state`` the legacy value of every strategy parameter it was saved without (it keeps
+    it: a parameter added to a strategy never changes a saved run's rule)."""
+    params = state.settings.setdefault("params", {})
+    for key, value in type(plan.params).legacy().items():
+        if key not in params:
+            params[key] = json.loads(json.dumps(value, default=_json_default))
+            state.legacy_params.append(key)
+
+
+def resumed_plan(config: ExperimentConfig, plan: StrategyPlan, state: RunState | None) -> StrategyPlan:
+    """The plan a trajectory runs with: ``plan``, with the legacy values its saved state keeps."""
+    if state is None or not state.legacy_params:
+        return plan
+    kept = {key: state.settings["params"][key] for key in state.legacy_params}
+    if all(getattr(plan.params, key) == value for key, value in kept.items()):
+        return plan
+    return plan_strategy(config, plan.name, {**plan.params.to_dict(), **kept})
+
+
 def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two settings dicts."""
     keys = sorted(set(old) | set(new))
@@ -229,9 +263,13 @@ def open_run_state(location: str, config: ExperimentConfig, plan: StrategyPlan, 
     if not storage.exists(location):
         return None
     state = RunState.load(location)
+    adopt_legacy_params(state, plan)
     # Compare through JSON so that tuples and lists, ints and floats compare as they were saved.
     wanted = json.loads(json.dumps(run_settings(config, plan, seed), default=_json_default))
-    # A key the saved run did not know yet (an older osal_ray) counts as its default value.
+    given = config.strategy_params.get(plan.name, {})
+    wanted["params"].update({key: state.settings["params"][key] for key in state.legacy_params if key not in given})
+    # A key the saved run did not know yet (an older osal_ray) counts as its legacy value, else as its
+    # default (a key older than the first release that recorded every parameter).
     default_config = ExperimentConfig()
     defaults = json.loads(json.dumps(run_settings(default_config, plan_strategy(default_config, plan.name), seed),
                                      default=_json_default))
@@ -241,7 +279,8 @@ def open_run_state(location: str, config: ExperimentConfig, plan: StrategyPlan, 
     if isinstance(saved_clip, dict) and "weights_digest" not in saved_clip and "clip" in wanted:
         # Saved before CLIP weights were compared by content: the path is all it recorded.
         saved_clip["weights_digest"] = wanted["clip"]["weights_digest"]
-    differences = describe_difference(_only_keys_of(_fill_missing(state.settings, defaults), wanted), wanted)
+    saved = _fill_missing(_fill_missing(state.settings, legacy_settings(plan)), defaults)
+    differences = describe_difference(_only_keys_of(saved, wanted), wanted)
     if differences:
         made = ("made with other settings" if not shared_only else "made with other shared settings (every strategy and "
                 "seed of one directory shares data, budget, model, training and detector)")
