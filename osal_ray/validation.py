@@ -20,6 +20,7 @@ CLASS_WEIGHTINGS = ("auto", "none", "inverse_frequency")
 def validate_config(config: ExperimentConfig) -> None:
     """Raise InputError for the first impossible or unknown value in ``config``."""
     from osal_ray.data import DATASETS
+    from osal_ray.data.image_pool import UNSAFE_NAME_CHARACTERS
     from osal_ray.models import MODELS
     from osal_ray.strategies import STRATEGIES
 
@@ -52,8 +53,11 @@ def validate_config(config: ExperimentConfig) -> None:
     _require(data.num_samples >= 100, "data.num_samples", "must be at least 100 (synthetic dataset)")
     _require(data.num_classes >= 3, "data.num_classes", "must be at least 3 (synthetic dataset)")
 
-    _require(bool(data.unknown_label.strip()) and data.unknown_label != "skip", "data.unknown_label",
+    _require(bool(data.unknown_label.strip()) and data.unknown_label.casefold() != "skip", "data.unknown_label",
              f"{data.unknown_label!r}: give a folder/label name other than 'skip' (reserved for unusable images)")
+    _require(data.unknown_label == data.unknown_label.strip() and data.unknown_label.isprintable()
+             and not UNSAFE_NAME_CHARACTERS & set(data.unknown_label), "data.unknown_label",
+             f"{data.unknown_label!r}: no leading or trailing spaces, commas, quotes or control characters (it is a label in CSV files)")
     _require(data.channels in (None, 1, 3), "data.channels", f"{data.channels}: 1 (grayscale), 3 (colour) or null (decided from the images)")
     _require(config.oracle.kind in ORACLE_KINDS, "oracle.kind", f"{config.oracle.kind!r} is not one of {', '.join(ORACLE_KINDS)}")
     if config.oracle.kind == "label_studio":

@@ -109,6 +109,26 @@ def test_layout_problems_are_named_before_any_work(tmp_path, breakage, message):
         load_image_pool(DataConfig(dataset="image_pool", root=str(root), image_size=8))
 
 
+@pytest.mark.parametrize("folder, problem", [
+    ("five ", "may not start or end with spaces"),
+    (" five", "may not start or end with spaces"),
+    ("Cat", "only by case"),
+    ("Unknown", "only by case"),
+    ("SKIP", "only by case"),
+    ("a,b", "commas, quotes"),
+    ('say "hi"', "commas, quotes"),
+    ("two\nlines", "commas, quotes"),
+])
+def test_class_folders_that_cannot_be_typed_back_as_labels_are_refused(tmp_path, folder, problem):
+    root = _layout(tmp_path)
+    (root / "labeled" / folder).mkdir()
+    (root / "labeled" / folder / "a.png").write_bytes(_png(np.zeros((8, 8), np.uint8)))
+    with pytest.raises(InputError, match=problem) as info:
+        load_image_pool(DataConfig(dataset="image_pool", root=str(root), image_size=8))
+    assert info.value.field == "data.root" and str(root / "labeled") in info.value.message
+    assert repr(folder)[1:-1] in info.value.message  # the folder is named, its spaces and line breaks visible
+
+
 @pytest.fixture
 def example(tmp_path):
     directory = tmp_path / "example"

@@ -88,8 +88,7 @@ def load_image_pool(config: DataConfig) -> ImagePoolSource:
             raise InputError("data.root", f"{root} has no {folder}/ folder (layout: unlabeled/, labeled/<class>/, optional test/<class>/)")
     unknown = config.unknown_label
     classes = sorted(d.name for d in (root / LABELED).iterdir() if d.is_dir() and not d.name.startswith((".", "~")) and d.name != unknown)
-    if SKIP_LABEL in classes:
-        raise InputError("data.root", f"{root / LABELED / SKIP_LABEL} : '{SKIP_LABEL}' is reserved (a label for unusable images)")
+    check_class_names(root / LABELED, classes, unknown)
     if len(classes) < 2:
         raise InputError("data.root", f"{root / LABELED} holds {len(classes)} class folder(s) {classes} besides "
                                       f"{unknown}/; give at least 2 known classes, each a folder of example images")
@@ -109,6 +108,31 @@ def load_image_pool(config: DataConfig) -> ImagePoolSource:
     if not any(e.role == UNLABELED for e in entries):
         raise InputError("data.root", f"{root / UNLABELED} holds no file: nothing to choose from")
     return ImagePoolSource(root.resolve(), tuple(classes), unknown, tuple(entries), config.image_size, config.channels)
+
+
+# Characters a class name (a label people type, a CSV cell) may not hold: CSV's separators and quotes, line breaks.
+UNSAFE_NAME_CHARACTERS = frozenset(',"\r\n\t')
+
+
+def check_class_names(labeled: Path, classes: list[str], unknown: str) -> None:
+    """Refuse ``labeled/<class>`` folder names that people could not type back as a label: leading or
+    trailing spaces, CSV-breaking characters, the reserved ``skip``, or names that differ only by case
+    (from each other, from the unknown label or from ``skip``). InputError naming the folder."""
+    seen = {SKIP_LABEL.casefold(): SKIP_LABEL, unknown.casefold(): unknown}
+    for name in classes:
+        folder = repr(str(labeled / name))
+        if name != name.strip():
+            raise InputError("data.root", f"{folder}: a class folder name may not start or end with spaces; rename it {name.strip()!r}")
+        if UNSAFE_NAME_CHARACTERS & set(name) or not name.isprintable():
+            raise InputError("data.root", f"{folder}: a class folder name may not hold commas, quotes, tabs, line breaks or "
+                                          "other control characters (it is a label in CSV files); rename it")
+        if name == SKIP_LABEL:
+            raise InputError("data.root", f"{folder}: '{SKIP_LABEL}' is reserved (a label for unusable images)")
+        clash = seen.get(name.casefold())
+        if clash is not None:
+            raise InputError("data.root", f"{folder}: differs from {clash!r} only by case (labels would be ambiguous); "
+                                          "rename or merge the folders")
+        seen[name.casefold()] = name
 
 
 @dataclass
