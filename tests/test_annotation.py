@@ -215,6 +215,32 @@ def test_images_added_mid_run_join_the_pool(ray_session, example, tmp_path):
     assert second.seeds[0].manifest.num_pool == before + 5
 
 
+def test_deleting_a_labeled_image_neither_blocks_resuming_nor_loses_its_label(ray_session, example, tmp_path):
+    import shutil
+
+    root = tmp_path / "pool"
+    shutil.copytree(example, root)
+    shutil.rmtree(root / "unlabeled" / "broken")
+    (root / "unlabeled" / "batch_01" / "copy_of_img_00000.png").unlink(missing_ok=True)
+    files = sorted(p for p in (root / "unlabeled").rglob("*") if p.is_file())
+    if len(files) % 2:
+        files.pop().unlink()
+    config = _config(root, tmp_path / "run", strategies=["random"], **{"al.budget": len(files) // 2})  # every file is needed
+    out = tmp_path / "run"
+    _run(config)
+    _label_round(out, root, 1, tmp_path)
+    gone = _open_queries(out, 1)[0]
+    (root / gone["path"]).unlink()
+    _run(config)  # was: "unlabeled holds only N-1 files"
+    state = RunState.load(out / "runs" / "random" / "seed_0" / "state.json")
+    assert state.completed_round == 1
+    from osal_ray.data.image_files import key_to_id
+
+    gone_id = key_to_id(gone["key"])
+    assert gone_id in [q.id for q in state.queries if q.round == 1]
+    assert gone_id in state.labeled_ids + state.invalid_ids + state.skipped_ids  # its label is kept
+
+
 def test_a_second_run_on_a_directory_in_use_is_refused(tmp_path):
     """Two processes: the second refuses at once, exit 2, naming the holder; free again afterwards."""
     import subprocess

@@ -79,7 +79,7 @@ def _prepare(config: ExperimentConfig, plans: dict[str, StrategyPlan], output_di
         waiting = _incomplete_round(output_dir, oracle_kind(config))
         if waiting is not None:
             return PreparedExperiment(config, plans, output_dir, [], states, lock, waiting=waiting)
-    checked = check_data(config, plans)
+    checked = check_data(config, plans, states=states)
     source, splits = checked.source, checked.splits
     prepared = []
     if isinstance(source, SourceDataset):

@@ -93,6 +93,11 @@ class RunState:
         """Every sample a person (or the oracle) has answered for: no longer a candidate."""
         return np.asarray(self.labeled_ids + self.invalid_ids + self.skipped_ids, dtype=np.int64)
 
+    def queried_ids(self) -> np.ndarray:
+        """Every sample this run has queried, the open round's pending batch included."""
+        pending = self.pending.ids if self.pending is not None else []
+        return np.asarray([q.id for q in self.queries] + list(pending), dtype=np.int64)
+
     def labeled_or_invalid_ids(self) -> np.ndarray:
         """The annotated samples the networks learn from (skipped ones are not among them)."""
         return np.asarray(self.labeled_ids + self.invalid_ids, dtype=np.int64)
