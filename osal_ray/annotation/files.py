@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from osal_ray import storage
 from osal_ray.annotation.labels import SKIP, LabelSet, merged_labels, staged_submissions
 from osal_ray.data.pool import PoolManifest, read_catalog
-from osal_ray.errors import InputError
+from osal_ray.errors import CorruptFile, InputError
 from osal_ray.experiment.oracle import Annotator, QueryRequest
 
 ANNOTATION_DIR = "annotation"
@@ -45,7 +46,20 @@ def open_round(output_dir: Path) -> int | None:
 
 
 def read_request(output_dir: Path, round_index: int) -> dict:
-    return json.loads((round_dir(output_dir, round_index) / REQUEST_FILE).read_text(encoding="utf-8"))
+    """The round's ``request.json`` (what labels are checked against); CorruptFile naming it when unreadable."""
+    return read_request_file(round_dir(output_dir, round_index) / REQUEST_FILE)
+
+
+def read_request_file(path: Path) -> dict:
+    """A ``request.json``: {queries: [{key, path, ...}], class_names, unknown_label, allowed_labels}."""
+    fix = "it is written when the round is published: move the round's folder away and run the experiment command to publish it again"
+    request = storage.read_json(path, dict, "round request", fix)
+    queries = request.get("queries")
+    if not (isinstance(queries, list) and all(isinstance(q, dict) and isinstance(q.get("key"), str) for q in queries)
+            and all(isinstance(request.get(k), t) for k, t in
+                    (("class_names", list), ("unknown_label", str), ("allowed_labels", list)))):
+        raise CorruptFile(str(path), f"not a round request (queries with keys, class_names, unknown_label, allowed_labels); {fix}")
+    return request
 
 
 def write_status(output_dir: Path, status: dict) -> None:
@@ -212,7 +226,7 @@ def audit_rows(output_dir: Path) -> list[dict]:
     for folder in sorted((output_dir / ANNOTATION_DIR).glob("round_[0-9][0-9][0-9]")):
         if not (folder / REQUEST_FILE).is_file():
             continue
-        paths = {q["key"]: q["path"] for q in json.loads((folder / REQUEST_FILE).read_text(encoding="utf-8"))["queries"]}
+        paths = {q["key"]: q.get("path") for q in read_request_file(folder / REQUEST_FILE)["queries"]}
         round_index = int(folder.name.split("_")[1])
         for submission in staged_submissions(folder):
             for item in submission["labels"]:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from osal_ray.errors import InputError
+from osal_ray import storage
+from osal_ray.errors import CorruptFile, InputError, shown
 from osal_ray.experiment.oracle import SKIPPED, UNKNOWN
 
 SKIP = "skip"
@@ -87,17 +88,21 @@ def check_labels(items: Iterable[tuple[int, str | None, str | None, str]], queri
         if key is None:
             key = by_path.get(path)
             if key is None:
-                problems.append((row, path, f"path {path!r} was not queried in the open round"))
+                problems.append((row, path, f"path {shown(path)} was not queried in the open round"))
                 continue
         elif key not in queried:
-            problems.append((row, key, f"key {key!r} was not queried in the open round"))
+            problems.append((row, key, f"key {shown(key)} was not queried in the open round"))
+            continue
+        elif path is not None and queried[key] and path != queried[key]:
+            problems.append((row, key, f"key {shown(key)} is the queried image {shown(queried[key])}, but the row's path "
+                                       f"is {shown(path)}; give the key or the path of one image"))
             continue
         if label not in allowed:
-            problems.append((row, key, f"label {label!r} is not one of {', '.join(allowed)}"))
+            problems.append((row, key, f"label {shown(label)} is not one of {', '.join(allowed)}"))
             continue
         earlier = accepted.get(key)
         if earlier is not None and earlier.label != label:
-            problems.append((row, key, f"key {key} is labeled {label!r} here and {earlier.label!r} in row {earlier.row}"))
+            problems.append((row, key, f"key {shown(key)} is labeled {shown(label)} here and {shown(earlier.label)} in row {earlier.row}"))
             continue
         accepted[key] = LabelRow(key, label, row)
     if problems:
@@ -112,6 +117,8 @@ def read_label_file(path: Path) -> list[tuple[int, str | None, str | None, str]]
         size = path.stat().st_size
     except OSError as exc:
         raise InputError(field, f"cannot read the label file ({exc.strerror or exc})") from None
+    if not path.is_file():
+        raise InputError(field, "not a file (a directory?); give the CSV file of labels")
     if size == 0:
         raise InputError(field, "the label file is empty; expected a header key,label (or path,label) and rows")
     if size > MAX_LABEL_FILE_BYTES:
@@ -120,6 +127,8 @@ def read_label_file(path: Path) -> list[tuple[int, str | None, str | None, str]]
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(field, f"not UTF-8 text (byte {exc.start}); save the labels as a UTF-8 CSV file") from None
+    except OSError as exc:
+        raise InputError(field, f"cannot read the label file ({exc.strerror or exc})") from None
     return parse_label_csv(text, field)
 
 
@@ -147,29 +156,26 @@ def parse_label_csv(text: str, field: str) -> list[tuple[int, str | None, str | 
 
 
 def stage(round_dir: Path, rows: list[LabelRow], source: str) -> Path:
-    """Write one accepted submission as a new staged file (atomic, never modified afterwards)."""
+    """Write one accepted submission as a new staged file (atomic, never modified afterwards); InputError
+    saying what failed (a full disk, no permission) with nothing staged and no temporary file left."""
     staged = round_dir / "staged"
-    staged.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source).name)[:60] or "labels"
-    number = 1 + max((int(p.name.split("-", 1)[0]) for p in staged.glob("[0-9]*-*.json")), default=0)
     payload = {"source": source, "staged_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "labels": [{"key": r.key, "label": r.label, "row": r.row} for r in rows]}
-    while True:
-        target = staged / f"{number:05d}-{os.getpid()}-{stem}.json"
-        tmp = staged / f".{target.name}.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp, target)  # fails if the name exists: never overwrites another submission
-        except FileExistsError:
+    data = json.dumps(payload).encode()
+    try:
+        staged.mkdir(parents=True, exist_ok=True)
+        number = 1 + max((int(p.name.split("-", 1)[0]) for p in staged.glob("[0-9]*-*.json")), default=0)
+        while True:
+            target = staged / f"{number:05d}-{os.getpid()}-{stem}.json"
+            if storage.write_new(target, data):  # never overwrites another submission
+                break
             number += 1
-            tmp.unlink()
-            continue
-        tmp.unlink()
-        _fsync_directory(staged)
-        return target
+    except OSError as exc:
+        raise InputError(str(staged), f"cannot stage the labels ({exc.strerror or exc}); nothing was staged: "
+                                      "free disk space or fix the permissions and submit them again") from None
+    _fsync_directory(staged)
+    return target
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -185,15 +191,37 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+STAGED_FIX = ("staged files are the record of people's labels and are never changed automatically: restore this one "
+              "from a backup, or move it out of staged/ (its labels are then no longer counted) and label those images again")
+
+
 def staged_submissions(round_dir: Path) -> list[dict]:
-    """Every staged submission of a round, oldest first."""
+    """Every staged submission of a round, oldest first; CorruptFile naming a file that is not one."""
     files = sorted((round_dir / "staged").glob("[0-9]*-*.json"), key=lambda p: (int(p.name.split("-", 1)[0]), p.name))
     submissions = []
     for path in files:
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        payload = storage.read_json(path, dict, "staged label file", STAGED_FIX)
+        problem = _submission_problem(payload)
+        if problem is not None:
+            raise CorruptFile(str(path), f"not a staged label file: {problem}; {STAGED_FIX}")
         payload["file"] = path.name
         submissions.append(payload)
     return submissions
+
+
+def _submission_problem(payload: dict) -> str | None:
+    """What makes ``payload`` no staged submission ({source, staged_at, labels: [{key, label, row}]}), or None."""
+    for name in ("source", "staged_at"):
+        if not isinstance(payload.get(name), str):
+            return f"{name!r} is missing or not a string"
+    labels = payload.get("labels")
+    if not isinstance(labels, list):
+        return "'labels' is missing or not a list"
+    for index, item in enumerate(labels):
+        if not (isinstance(item, dict) and isinstance(item.get("key"), str) and isinstance(item.get("label"), str)
+                and isinstance(item.get("row"), int) and not isinstance(item.get("row"), bool)):
+            return f"labels[{index}] is not {{key: string, label: string, row: integer}}"
+    return None
 
 
 def merged_labels(round_dir: Path) -> dict[str, str]:

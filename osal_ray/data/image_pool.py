@@ -41,7 +41,8 @@ from osal_ray.config import DataConfig
 from osal_ray.data.datasets import register_dataset
 from osal_ray.data.image_files import FileEntry, decode_file, key_to_id, list_files
 from osal_ray.data.pool import MANIFEST, PoolManifest, read_manifest
-from osal_ray.errors import InputError
+from osal_ray import storage
+from osal_ray.errors import CorruptFile, InputError, shown
 
 UNLABELED, LABELED, TEST = "unlabeled", "labeled", "test"
 SKIP_LABEL = "skip"
@@ -320,7 +321,10 @@ def _channels(source: ImagePoolSource, store: Path, samples: list[dict]) -> int:
     if source.channels is not None:
         return source.channels
     if decided.is_file():
-        return int(json.loads(decided.read_text())["channels"])
+        channels = storage.read_json(decided, dict, "channel record", "delete it to decide again from the images").get("channels")
+        if channels not in (1, 3):
+            raise CorruptFile(str(decided), f"'channels' is {shown(channels)}, expected 1 or 3; delete it to decide again from the images")
+        return channels
     keys = {s["key"] for s in samples}
     parts = sorted(store.glob("images-*.parquet"))
     flags = pq.read_table(parts, columns=["key", "gray"]).to_pylist()

@@ -7,7 +7,6 @@ an output directory of another configuration) without Ray; ``run_experiment`` ne
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -168,7 +167,8 @@ def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Calla
     if prepared.waiting is not None:
         log(prepared.waiting)
         summary = output_dir / "summary.json"
-        return json.loads(summary.read_text()) if summary.is_file() else {"runs": {}, "mean": {}, "std": {}}
+        return storage.read_json(summary, dict, "summary", "run the experiment command again once the labels are in to rewrite it") \
+            if summary.is_file() else {"runs": {}, "mean": {}, "std": {}}
     if prepared.image_pool is not None:
         on_phase("preparing", f"reading the image pool {prepared.image_pool.root}")
         materialize_seeds(prepared, log)

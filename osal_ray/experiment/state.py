@@ -16,7 +16,7 @@ import numpy as np
 
 from osal_ray import storage
 from osal_ray.config import ClipConfig, DataConfig, DetectorConfig, ExperimentConfig, ModelConfig, TrainConfig, legacy_values
-from osal_ray.errors import InputError
+from osal_ray.errors import CorruptFile, InputError, shown_error
 from osal_ray.experiment.plan import StrategyPlan, plan_strategy
 
 STATE_FILE = "state.json"
@@ -122,16 +122,18 @@ class RunState:
 
     @classmethod
     def load(cls, location: str | Path) -> "RunState":
+        """The state saved at ``location``; CorruptFile naming it when it is not one."""
         path = str(location)
+        fix = "move it away to start this strategy and seed over"
+        raw = storage.read_json(path, dict, "run state", fix)
         try:
-            raw = json.loads(storage.read_bytes(path))
             raw["queries"] = [QueryRecord(**q) for q in raw["queries"]]
             raw["rounds"] = [RoundRecord(**r) for r in raw["rounds"]]
             if raw.get("pending") is not None:
                 raw["pending"] = PendingQuery(**raw["pending"])
             state = cls(**raw)
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise InputError("--output-dir", f"{path} is not a readable run state ({exc}); move it away to start over") from None
+        except (KeyError, TypeError) as exc:
+            raise CorruptFile(path, f"not a readable run state ({shown_error(exc)}); {fix}") from None
         if state.version != STATE_VERSION:
             raise InputError("--output-dir", f"{path} has state version {state.version}, expected {STATE_VERSION}")
         return state
