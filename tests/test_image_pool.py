@@ -171,6 +171,19 @@ def test_an_example_folder_becomes_a_pool_with_stable_keys(ray_session, example,
 
 
 @pytest.mark.ray
+def test_a_symlink_loop_and_a_broken_symlink_are_listed_as_skipped(ray_session, tmp_path):
+    import os
+
+    root = _layout(tmp_path)
+    os.symlink("loop.png", root / "unlabeled" / "loop.png")  # points at itself
+    os.symlink("nowhere.png", root / "unlabeled" / "dangling.png")
+    materialize_image_pool(load_image_pool(DataConfig(dataset="image_pool", root=str(root), image_size=8)),
+                           tmp_path / "out" / "data", tmp_path / "out", log=lambda _: None)
+    skipped = dict(pd.read_csv(tmp_path / "out" / "skipped.csv").itertuples(index=False))
+    assert "symbolic links" in skipped["unlabeled/loop.png"] and "unreadable symlink" in skipped["unlabeled/dangling.png"]
+
+
+@pytest.mark.ray
 def test_conflicting_labeled_copies_are_refused(ray_session, tmp_path):
     root = _layout(tmp_path)
     shutil.copy(root / "labeled" / "cat" / "a.png", root / "labeled" / "dog" / "b.png")

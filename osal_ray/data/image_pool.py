@@ -64,6 +64,7 @@ class ImagePoolSource:
     entries: tuple[FileEntry, ...]
     image_size: int
     channels: int | None
+    unlisted: tuple[tuple[str, str], ...] = ()  # (path, reason) of names that are no readable file (skipped.csv)
 
     name = "image_pool"
 
@@ -93,11 +94,12 @@ def load_image_pool(config: DataConfig) -> ImagePoolSource:
     if len(classes) < 2:
         raise InputError("data.root", f"{root / LABELED} holds {len(classes)} class folder(s) {classes} besides "
                                       f"{unknown}/; give at least 2 known classes, each a folder of example images")
-    entries = list_files(root, UNLABELED, UNLABELED, with_class=False)
+    unlisted: list[tuple[str, str]] = []
+    entries = list_files(root, UNLABELED, UNLABELED, with_class=False, problems=unlisted)
     for role in (LABELED, TEST):
         if not (root / role).is_dir():
             continue
-        for entry in list_files(root, role, role, with_class=True):
+        for entry in list_files(root, role, role, with_class=True, problems=unlisted):
             if entry.label is None:
                 raise InputError("data.root", f"{root / entry.path}: files in {role}/ belong in a class folder, {role}/<class>/")
             if role == TEST and entry.label not in classes:
@@ -108,7 +110,8 @@ def load_image_pool(config: DataConfig) -> ImagePoolSource:
         raise InputError("data.root", f"class folder(s) {empty} under {root / LABELED} hold no file; each known class needs examples")
     if not any(e.role == UNLABELED for e in entries):
         raise InputError("data.root", f"{root / UNLABELED} holds no file: nothing to choose from")
-    return ImagePoolSource(root.resolve(), tuple(classes), unknown, tuple(entries), config.image_size, config.channels)
+    return ImagePoolSource(root.resolve(), tuple(classes), unknown, tuple(entries), config.image_size, config.channels,
+                           tuple(unlisted))
 
 
 # Characters a class name (a label people type, a CSV cell) may not hold: CSV's separators and quotes, line breaks.
@@ -175,7 +178,7 @@ def materialize_image_pool(source: ImagePoolSource, data_dir: Path, output_dir: 
     for row in rows:
         entry = current[row["path"]]
         row.update(role=entry.role, label=entry.label)
-    skipped = sorted((r["path"], r["error"]) for r in rows if r["error"])
+    skipped = sorted([(r["path"], r["error"]) for r in rows if r["error"]] + list(source.unlisted))
     good = [r for r in rows if not r["error"]]
     samples, duplicates = _collapse(good, source)
     if not any(s["role"] in (UNLABELED, LABELED) for s in samples):
