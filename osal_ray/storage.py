@@ -54,11 +54,11 @@ def read_json(location: str | Path, expect: type = dict, what: str = "file", fix
     try:
         value = json.loads(read_bytes(location))
     except OSError as exc:
-        raise CorruptFile(str(location), f"cannot read this {what} ({exc.strerror or exc}){advice}") from None
+        raise CorruptFile(str(location), f"not a readable {what} ({exc.strerror or exc}){advice}") from None
     except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, or nested too deep
-        raise CorruptFile(str(location), f"this {what} is not valid JSON ({shown_error(exc)}){advice}") from None
+        raise CorruptFile(str(location), f"not a readable {what}: not valid JSON ({shown_error(exc)}){advice}") from None
     if not isinstance(value, expect):
-        raise CorruptFile(str(location), f"this {what} holds a JSON {type(value).__name__}, expected a JSON "
+        raise CorruptFile(str(location), f"not a readable {what}: it holds a JSON {type(value).__name__}, expected a JSON "
                                          f"{'object' if expect is dict else expect.__name__}{advice}")
     return value
 

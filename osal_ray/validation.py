@@ -16,7 +16,7 @@ PROTOCOLS = ("mismatch", "ood_ratio")
 ORACLE_KINDS = ("auto", "simulated", "files", "label_studio")
 CLASS_WEIGHTINGS = ("auto", "none", "inverse_frequency")
 MAX_SEED = 2**32 - 1  # numpy's SeedSequence entropy words and torch.manual_seed take seeds of 32 bits here
-MAX_LR = 10.0  # SGD steps beyond this overflow float32 training at once
+MAX_LR = 1e6  # beyond this SGD steps overflow float32 (inf weights, not a clean divergence); below, a diverging run stops with TrainingDiverged
 
 
 def validate_config(config: ExperimentConfig) -> None:
