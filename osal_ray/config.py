@@ -6,6 +6,7 @@ Loading checks shapes and types (an unknown key or a wrong type names its dotted
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -16,7 +17,26 @@ from typing import Any, Union
 
 import yaml
 
-from osal_ray.errors import InputError
+from osal_ray.errors import InputError, shown, shown_error
+
+LEGACY = "legacy"  # field metadata: the value a key had, in effect, before it existed
+
+
+def added_later(default: Any, *, legacy: Any) -> Any:
+    """A dataclass field added after the first release: ``default`` for new runs, ``legacy`` (the value
+    that reproduces how runs behaved before the key existed) for a saved run whose state lacks it.
+
+    Used by config sections and by strategy and objective parameters (``osal_ray.params``) alike; a
+    resumed run never changes its rule because osal_ray learned a new key (``experiment.state``).
+    """
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={LEGACY: legacy})
+    return field(default=default, metadata={LEGACY: legacy})
+
+
+def legacy_values(cls: type) -> dict[str, Any]:
+    """Every field of dataclass ``cls`` declared with ``added_later``, with its legacy value."""
+    return {f.name: copy.deepcopy(f.metadata[LEGACY]) for f in dataclasses.fields(cls) if LEGACY in f.metadata}
 
 
 @dataclass
@@ -36,12 +56,12 @@ class DataConfig:
     test_fraction: float = 0.3
     train_fraction: float = 1.0
     image_size: int = 32
-    num_samples: int = 100_000
-    num_classes: int = 10
+    num_samples: int = added_later(100_000, legacy=100_000)  # the synthetic dataset came with these two
+    num_classes: int = added_later(10, legacy=10)
     class_names: list[str] | None = None
     pool_files: int = 2
-    unknown_label: str = "unknown"
-    channels: int | None = None
+    unknown_label: str = added_later("unknown", legacy="unknown")  # image_pool came with these two
+    channels: int | None = added_later(None, legacy=None)
 
 
 @dataclass
@@ -123,7 +143,7 @@ class DetectorConfig:
 
     temperature: float = 0.5
     class_weights: str = "auto"
-    class_weight_reduction: str = "weighted_mean"
+    class_weight_reduction: str = added_later("weighted_mean", legacy="weighted_mean")  # PyTorch's, as before
 
 
 @dataclass
@@ -258,14 +278,40 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return config_from_dict(raw)
 
 
+class JobLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases: ``*name`` (and ``<<: *name``) is refused where it appears, so a
+    few hundred bytes of nested aliases cannot expand to gigabytes (job files have no use for them)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"aliases (*{event.anchor}) are not allowed in osal_ray jobs; "
+                                                          "write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text as a job does (safe types, no aliases); yaml.YAMLError otherwise."""
+    return yaml.load(text, Loader=JobLoader)  # noqa: S506  (JobLoader is a SafeLoader)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong, and where (PyYAML's own text spans several lines)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        return shown_error(ValueError("; ".join(p for p in (exc.context, exc.problem) if p) + where))
+    return shown_error(ValueError(" ".join(str(exc).split())))
+
+
 def read_yaml_mapping(path: Path, field_name: str) -> dict[str, Any]:
     """Load a YAML file that must hold a mapping; errors name the file and the line."""
     if not path.is_file():
         raise InputError(field_name, f"no such file: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
-        raise InputError(field_name, f"{path} is not valid YAML: {exc}") from None
+        raise InputError(field_name, f"{path} is not valid YAML: {yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -278,11 +324,11 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise InputError("--set", f"expected dotted.key=value, got {item!r}")
+        raise InputError("--set", f"expected dotted.key=value, got {shown(item)}")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = load_yaml(text) if text.strip() else None
     except yaml.YAMLError as exc:
-        raise InputError("--set", f"value of {key} is not valid YAML: {exc}") from None
+        raise InputError("--set", f"value of {key} is not valid YAML: {yaml_problem(exc)}") from None
     return key, value
 
 
@@ -307,7 +353,7 @@ def build_dataclass(cls: type, raw: Any, path: str) -> Any:
     """Build dataclass ``cls`` from a mapping with the config's coercion: an unknown key or a value of
     the wrong type is an InputError naming ``path.key`` (strategy and objective parameters use it too)."""
     if not isinstance(raw, dict):
-        raise InputError(path or "config", f"expected a mapping, got {raw!r}")
+        raise InputError(path or "config", f"expected a mapping, got {shown(raw)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
@@ -334,38 +380,38 @@ def _coerce(annotation: Any, value: Any, path: str) -> Any:
                 return _coerce(option, value, path)
             except InputError:
                 continue
-        raise InputError(path, f"expected {_describe(annotation)}, got {value!r}")
+        raise InputError(path, f"expected {_describe(annotation)}, got {shown(value)}")
     if origin is list:
         if not isinstance(value, list):
-            raise InputError(path, f"expected a list, got {value!r}")
+            raise InputError(path, f"expected a list, got {shown(value)}")
         (item_type,) = typing.get_args(annotation)
         return [_coerce(item_type, item, f"{path}[{i}]") for i, item in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise InputError(path, f"expected a mapping, got {value!r}")
+            raise InputError(path, f"expected a mapping, got {shown(value)}")
         _, value_type = typing.get_args(annotation)
         return {str(k): _coerce(value_type, v, f"{path}.{k}") for k, v in value.items()}
     if annotation is Any:
         return value
     if annotation is bool:
         if not isinstance(value, bool):
-            raise InputError(path, f"expected true or false, got {value!r}")
+            raise InputError(path, f"expected true or false, got {shown(value)}")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(path, f"expected an integer, got {value!r}")
+            raise InputError(path, f"expected an integer, got {shown(value)}")
         return value
     if annotation is float:
         if isinstance(value, str):
             value = _number_from_text(value, path)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InputError(path, f"expected a number, got {value!r}")
+            raise InputError(path, f"expected a number, got {shown(value)}")
         if not math.isfinite(value):
-            raise InputError(path, f"expected a finite number, got {value!r}")
+            raise InputError(path, f"expected a finite number, got {shown(value)}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise InputError(path, f"expected a string, got {value!r}")
+            raise InputError(path, f"expected a string, got {shown(value)}")
         return value
     raise TypeError(f"unsupported config annotation {annotation!r} at {path}")
 
@@ -374,7 +420,7 @@ def _number_from_text(text: str, path: str) -> float:
     try:
         return float(text.strip())
     except ValueError:
-        raise InputError(path, f"expected a number, got {text!r}") from None
+        raise InputError(path, f"expected a number, got {shown(text)}") from None
 
 
 def _describe(annotation: Any) -> str:

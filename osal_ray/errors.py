@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
+MAX_SHOWN = 200  # characters of a value an error message shows at most
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 3, 8, 8, 8, 8
+_REPR.maxstring = _REPR.maxother = MAX_SHOWN
+
 
 class InputError(ValueError):
     """Bad user input (config, data, label file, checkpoint), named by the field it came from."""
@@ -16,6 +24,25 @@ class InputError(ValueError):
         if type(self).__init__ is not InputError.__init__:
             return super().__reduce__()
         return (self.__class__, (self.field, self.message), self.__dict__)
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for an error message, at most ``MAX_SHOWN`` characters: a huge value is cut short
+    (without building its whole repr first)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+def shown_error(exc: BaseException) -> str:
+    """An exception's text for an error message, at most ``MAX_SHOWN`` characters."""
+    text = str(exc)
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+class CorruptFile(InputError):
+    """A file of a run's state on disk (a staged label file, request.json, state.json, a lock, ...) that
+    cannot be read as what it must hold. ``field`` is the file's path and the message says what is
+    wrong and what to do; the service answers 503 (the run cannot go on until someone fixes it)."""
 
 
 class TrainingDiverged(InputError):

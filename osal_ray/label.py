@@ -47,7 +47,7 @@ def stage_labels(output_dir: Path, read_items: Callable[[], list[LabelItem]], fi
     staged, on any problem. ``origins``: where a row's label was made, recorded with it (``labels.stage``).
     """
     from osal_ray.annotation.files import open_round, read_request, round_dir, waiting_status, write_audit, write_status
-    from osal_ray.annotation.labels import LabelSet, check_labels, stage
+    from osal_ray.annotation.labels import LabelSet, check_labels, stage, staged_submissions
     from osal_ray.lock import OutputLock
 
     with OutputLock.acquire(output_dir, purpose=purpose):
@@ -58,7 +58,8 @@ def stage_labels(output_dir: Path, read_items: Callable[[], list[LabelItem]], fi
         if round_index is not None and round_index != open_index:
             raise InputError("round", f"the open round is {open_index}, not {round_index}")
         request = read_request(output_dir, open_index)
-        queried = {q["key"]: q["path"] for q in request["queries"]}
+        staged_submissions(round_dir(output_dir, open_index))  # a corrupt staged file stops us before writing anything
+        queried = {q["key"]: q.get("path") for q in request["queries"]}
         labels = LabelSet(tuple(request["class_names"]), request["unknown_label"])
         rows = check_labels(read_items(), queried, labels, field)
         if rows:

@@ -76,11 +76,12 @@ class OutputLock:
             if _HELD[self.path] > 0:
                 return
             del _HELD[self.path]
-            try:
-                if json.loads(self.path.read_text()).get("pid") == os.getpid():
+            holder = read_holder(self.path)
+            if holder is not None and holder["pid"] == os.getpid():
+                try:
                     self.path.unlink()
-            except (OSError, ValueError):
-                pass
+                except OSError:
+                    pass
 
     def __enter__(self) -> "OutputLock":
         return self
@@ -90,10 +91,19 @@ class OutputLock:
 
 
 def read_holder(path: Path) -> dict | None:
+    """The lock's holder record, or None when it cannot be read or is no holder record (not JSON, not
+    an object, no integer pid): a lock being written, or one left half-written by a process that died."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
         return None
+    if not isinstance(holder, dict) or not _is_int(holder.get("pid")) or not _is_int(holder.get("raylet_pid", 0)):
+        return None
+    return holder
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _alive(pid: int) -> bool:
@@ -121,7 +131,7 @@ def _orphaned(holder: dict | None) -> bool:
     """A live holder on this host whose Ray node (raylet) is gone: it will exit by itself."""
     if not holder or holder.get("host") != socket.gethostname() or "raylet_pid" not in holder:
         return False
-    return _alive(int(holder.get("pid", -1))) and not _alive(int(holder["raylet_pid"]))
+    return _alive(holder["pid"]) and not _alive(holder["raylet_pid"])
 
 
 def _outlived_orphan(path: Path, grace_s: float) -> bool:
@@ -150,7 +160,7 @@ def _take_over_if_stale(path: Path) -> bool:
                 return False
         except FileNotFoundError:
             return True
-    elif holder.get("host") != socket.gethostname() or _alive(int(holder.get("pid", -1))):
+    elif holder.get("host") != socket.gethostname() or _alive(holder["pid"]):
         return False
     try:
         stale = path.with_name(f"{path.name}.stale-{os.getpid()}")
@@ -158,11 +168,18 @@ def _take_over_if_stale(path: Path) -> bool:
         stale.unlink()
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        raise InputError("--output-dir", f"{path} is a stale lock (its holder is gone or it is unreadable) that cannot "
+                                         f"be taken over ({exc.strerror or exc}); make {path.parent} writable, or "
+                                         "delete the lock") from None
     return True
 
 
 def _held_message(directory: Path, path: Path) -> str:
-    holder = read_holder(path) or {}
+    holder = read_holder(path)
+    if holder is None:
+        return (f"{directory} is locked by {path}, which is being written or unreadable (not a holder record); "
+                "a lock unreadable for 5 s is taken over: try again in a moment, or delete it if no process uses the directory")
     who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('started', '?')}"
     message = f"{directory} is in use by {who} ({holder.get('command', '?')}); wait for it to finish"
     if holder.get("host") != socket.gethostname():

@@ -1,7 +1,9 @@
 """Typed parameters: the base of every strategy's and every training objective's parameter dataclass.
 
 A parameter class is a frozen dataclass whose field defaults are the one place its defaults live;
-``check`` refuses impossible values. ``build`` turns a job's mapping into an instance with the same
+``check`` refuses impossible values. A parameter added after the first release is declared with
+``added_later(default, legacy=...)``: a run saved before it existed resumes with the legacy value,
+the one that reproduces how it ran (``legacy``). ``build`` turns a job's mapping into an instance with the same
 coercion as the config (an unknown key or a wrong type names the dotted key) and then checks it.
 """
 
@@ -11,10 +13,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, TypeVar
 
-from osal_ray.config import build_dataclass
+from osal_ray.config import added_later, build_dataclass, legacy_values
 from osal_ray.errors import InputError
 
 P = TypeVar("P", bound="Params")
+__all__ = ["NoParams", "Params", "added_later", "positive_int", "refuse"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,11 @@ class Params:
     def to_dict(self) -> dict[str, Any]:
         """The parameters as plain values (what run state records and compares)."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def legacy(cls) -> dict[str, Any]:
+        """Parameters added after the first release, each with the value a run saved without it keeps."""
+        return legacy_values(cls)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
-from osal_ray.errors import InputError
+from osal_ray.errors import InputError, shown
 
 T = TypeVar("T")
 
@@ -42,7 +42,7 @@ class Registry(Generic[T]):
         except KeyError:
             raise InputError(
                 field or self.kind,
-                f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}",
+                f"unknown {self.kind} {shown(name)}; available: {', '.join(self.names())}",
             ) from None
 
     def names(self) -> list[str]:

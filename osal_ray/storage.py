@@ -7,11 +7,16 @@ stores write whole objects, which readers never see half-written.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import threading
 from pathlib import Path
+from typing import Any, Iterator
 
 import pyarrow.fs as pafs
+
+from osal_ray.errors import CorruptFile, shown_error
 
 
 def is_uri(location: str | Path) -> bool:
@@ -42,6 +47,22 @@ def read_bytes(location: str | Path) -> bytes:
         return stream.read()
 
 
+def read_json(location: str | Path, expect: type = dict, what: str = "file", fix: str = "") -> Any:
+    """The JSON value of a file of the run's state; CorruptFile naming it when it cannot be read, is not
+    JSON, or is not an ``expect`` (``what`` says what it should be, ``fix`` what to do about it)."""
+    advice = f"; {fix}" if fix else ""
+    try:
+        value = json.loads(read_bytes(location))
+    except OSError as exc:
+        raise CorruptFile(str(location), f"not a readable {what} ({exc.strerror or exc}){advice}") from None
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, or nested too deep
+        raise CorruptFile(str(location), f"not a readable {what}: not valid JSON ({shown_error(exc)}){advice}") from None
+    if not isinstance(value, expect):
+        raise CorruptFile(str(location), f"not a readable {what}: it holds a JSON {type(value).__name__}, expected a JSON "
+                                         f"{'object' if expect is dict else expect.__name__}{advice}")
+    return value
+
+
 def write_bytes(location: str | Path, data: bytes) -> None:
     """Write ``data`` so that a reader sees the old or the new content, never a mix."""
     filesystem, path = resolve(location)
@@ -49,14 +70,40 @@ def write_bytes(location: str | Path, data: bytes) -> None:
     filesystem.create_dir(parent, recursive=True)
     if isinstance(filesystem, pafs.LocalFileSystem):
         tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"  # unique per writer thread
+        with _temporary(tmp, data):
+            os.replace(tmp, path)
+        return
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(data)
+
+
+def write_new(path: Path, data: bytes) -> bool:
+    """Write a new local file atomically, never replacing one: False (nothing written) when ``path``
+    exists. On any error the temporary file is removed and the error raised."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    with _temporary(str(tmp), data):
+        try:
+            os.link(tmp, path)  # fails if the name exists
+        except FileExistsError:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _temporary(tmp: str, data: bytes) -> Iterator[None]:
+    """``data`` written and fsynced to ``tmp`` for the block to move or link; ``tmp`` is gone afterwards,
+    whatever happened (a full disk leaves no half-written file behind)."""
+    try:
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        return
-    with filesystem.open_output_stream(path) as stream:
-        stream.write(data)
+        yield
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 
 
 def upload_directory(local: str | Path, location: str | Path) -> None:

@@ -161,7 +161,7 @@ def check_sweep_resume(config: ExperimentConfig) -> None:
     location = _definition_location(config)
     if not storage.exists(location):
         return
-    saved = json.loads(storage.read_bytes(location))
+    saved = storage.read_json(location, dict, "sweep definition", "move the sweep's output directory away to start over")
     differences = describe_difference(saved, json.loads(json.dumps(_sweep_definition(config))), "sweep.")
     if differences:
         raise InputError("--output-dir", f"{location} belongs to a sweep with another search: {'; '.join(differences[:5])}. "

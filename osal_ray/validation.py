@@ -8,34 +8,38 @@ from __future__ import annotations
 import re
 
 from osal_ray.config import ExperimentConfig
-from osal_ray.errors import InputError
+from osal_ray.errors import InputError, shown
 from osal_ray.training.checkpoints import KEEP_CHECKPOINTS
 from osal_ray.training.objective_params import WEIGHT_REDUCTIONS
 
 PROTOCOLS = ("mismatch", "ood_ratio")
 ORACLE_KINDS = ("auto", "simulated", "files", "label_studio")
 CLASS_WEIGHTINGS = ("auto", "none", "inverse_frequency")
+MAX_SEED = 2**32 - 1  # numpy's SeedSequence entropy words and torch.manual_seed take seeds of 32 bits here
+MAX_LR = 1e6  # beyond this SGD steps overflow float32 (inf weights, not a clean divergence); below, a diverging run stops with TrainingDiverged
 
 
 def validate_config(config: ExperimentConfig) -> None:
     """Raise InputError for the first impossible or unknown value in ``config``."""
     from osal_ray.data import DATASETS
+    from osal_ray.data.image_pool import UNSAFE_NAME_CHARACTERS
     from osal_ray.models import MODELS
     from osal_ray.strategies import STRATEGIES
 
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", config.name):
-        raise InputError("name", f"{config.name!r} must be letters, digits, '_', '-' or '.'")
+        raise InputError("name", f"{shown(config.name)} must be letters, digits, '_', '-' or '.'")
     _require(bool(config.seeds), "seeds", "give at least one seed")
-    _require(len(set(config.seeds)) == len(config.seeds), "seeds", f"repeated seeds in {config.seeds}")
-    _require(all(s >= 0 for s in config.seeds), "seeds", "seeds must be >= 0")
+    _require(len(set(config.seeds)) == len(config.seeds), "seeds", f"repeated seeds in {shown(config.seeds)}")
+    outside = [s for s in config.seeds if not 0 <= s <= MAX_SEED]
+    _require(not outside, "seeds", f"{shown(outside[:1])}: seeds must be in 0 .. {MAX_SEED} (numpy seeds)")
     _require(bool(config.strategies), "strategies", f"give at least one of: {', '.join(STRATEGIES.names())}")
-    _require(len(set(config.strategies)) == len(config.strategies), "strategies", f"repeated strategies in {config.strategies}")
+    _require(len(set(config.strategies)) == len(config.strategies), "strategies", f"repeated strategies in {shown(config.strategies)}")
     for name in config.strategies:
         STRATEGIES.get(name, "strategies")
 
     data = config.data
     DATASETS.get(data.dataset, "data.dataset")
-    _require(data.protocol in PROTOCOLS, "data.protocol", f"{data.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    _require(data.protocol in PROTOCOLS, "data.protocol", f"{shown(data.protocol)} is not one of {', '.join(PROTOCOLS)}")
     if data.mismatch_ratio is not None:
         _require(0.0 < data.mismatch_ratio < 1.0, "data.mismatch_ratio", f"{data.mismatch_ratio} must be in (0, 1)")
     if isinstance(data.known_classes, int):
@@ -52,10 +56,13 @@ def validate_config(config: ExperimentConfig) -> None:
     _require(data.num_samples >= 100, "data.num_samples", "must be at least 100 (synthetic dataset)")
     _require(data.num_classes >= 3, "data.num_classes", "must be at least 3 (synthetic dataset)")
 
-    _require(bool(data.unknown_label.strip()) and data.unknown_label != "skip", "data.unknown_label",
-             f"{data.unknown_label!r}: give a folder/label name other than 'skip' (reserved for unusable images)")
+    _require(bool(data.unknown_label.strip()) and data.unknown_label.casefold() != "skip", "data.unknown_label",
+             f"{shown(data.unknown_label)}: give a folder/label name other than 'skip' (reserved for unusable images)")
+    _require(data.unknown_label == data.unknown_label.strip() and data.unknown_label.isprintable()
+             and not UNSAFE_NAME_CHARACTERS & set(data.unknown_label), "data.unknown_label",
+             f"{shown(data.unknown_label)}: no leading or trailing spaces, commas, quotes or control characters (it is a label in CSV files)")
     _require(data.channels in (None, 1, 3), "data.channels", f"{data.channels}: 1 (grayscale), 3 (colour) or null (decided from the images)")
-    _require(config.oracle.kind in ORACLE_KINDS, "oracle.kind", f"{config.oracle.kind!r} is not one of {', '.join(ORACLE_KINDS)}")
+    _require(config.oracle.kind in ORACLE_KINDS, "oracle.kind", f"{shown(config.oracle.kind)} is not one of {', '.join(ORACLE_KINDS)}")
     if config.oracle.kind == "label_studio":
         _validate_label_studio(config)
 
@@ -69,7 +76,7 @@ def validate_config(config: ExperimentConfig) -> None:
     t = config.train
     _require(t.epochs >= 1, "train.epochs", "must be at least 1")
     _require(t.batch_size >= 1, "train.batch_size", "must be at least 1")
-    _require(t.lr > 0, "train.lr", "must be positive")
+    _require(0 < t.lr <= MAX_LR, "train.lr", f"{shown(t.lr)}: must be in (0, {MAX_LR:g}] (larger steps overflow training)")
     _require(0.0 <= t.momentum < 1.0, "train.momentum", "must be in [0, 1)")
     _require(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
     _require(t.lr_step >= 1, "train.lr_step", "must be at least 1")
@@ -79,19 +86,19 @@ def validate_config(config: ExperimentConfig) -> None:
     _require(t.max_failures >= 0, "train.max_failures", "must be >= 0 (0: a failed training worker fails the round)")
     _require(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0: only the final checkpoint)")
     _require(t.keep_checkpoints in KEEP_CHECKPOINTS, "train.keep_checkpoints",
-             f"{t.keep_checkpoints!r} is not one of {', '.join(KEEP_CHECKPOINTS)} (last: only the latest checkpoint of "
+             f"{shown(t.keep_checkpoints)} is not one of {', '.join(KEEP_CHECKPOINTS)} (last: only the latest checkpoint of "
              "each network, what a resume needs; all: every round's)")
 
     _require(config.detector.temperature > 0, "detector.temperature", "must be positive")
     _require(
         config.detector.class_weights in CLASS_WEIGHTINGS,
         "detector.class_weights",
-        f"{config.detector.class_weights!r} is not one of {', '.join(CLASS_WEIGHTINGS)}",
+        f"{shown(config.detector.class_weights)} is not one of {', '.join(CLASS_WEIGHTINGS)}",
     )
     _require(
         config.detector.class_weight_reduction in WEIGHT_REDUCTIONS,
         "detector.class_weight_reduction",
-        f"{config.detector.class_weight_reduction!r} is not one of {', '.join(WEIGHT_REDUCTIONS)}",
+        f"{shown(config.detector.class_weight_reduction)} is not one of {', '.join(WEIGHT_REDUCTIONS)}",
     )
 
     c = config.clip
@@ -108,8 +115,8 @@ def validate_config(config: ExperimentConfig) -> None:
     _require(s.cpus_per_read > 0, "scoring.cpus_per_read", "must be positive (a fraction keeps reads from starving actors)")
     _require(s.batch_size >= 1, "scoring.batch_size", "must be at least 1")
     _require(all(v > 0 for v in s.resources_per_actor.values()), "scoring.resources_per_actor", "amounts must be positive")
-    _require(s.mode in ("auto", "resident", "streaming"), "scoring.mode", f"{s.mode!r} is not one of auto, resident, streaming")
-    _require(s.parquet_reader in ("auto", "v1", "v2"), "scoring.parquet_reader", f"{s.parquet_reader!r} is not one of auto, v1, v2")
+    _require(s.mode in ("auto", "resident", "streaming"), "scoring.mode", f"{shown(s.mode)} is not one of auto, resident, streaming")
+    _require(s.parquet_reader in ("auto", "v1", "v2"), "scoring.parquet_reader", f"{shown(s.parquet_reader)} is not one of auto, v1, v2")
 
     e = config.execution
     if e.max_concurrent_trajectories is not None:
@@ -122,6 +129,7 @@ def validate_config(config: ExperimentConfig) -> None:
 
     if config.ray.num_cpus is not None:
         _require(config.ray.num_cpus >= 1, "ray.num_cpus", "must be at least 1")
+    _require(0 <= config.sweep.seed <= MAX_SEED, "sweep.seed", f"{shown(config.sweep.seed)}: must be in 0 .. {MAX_SEED}")
     _require(config.ray.object_store_memory_mb >= 78, "ray.object_store_memory_mb", "Ray needs at least 78 MB")
 
 
@@ -158,16 +166,16 @@ def _validate_label_studio(config: ExperimentConfig) -> None:
             continue
         parsed = urlparse(value)
         _require(parsed.scheme in ("http", "https") and bool(parsed.netloc), f"label_studio.{key}",
-                 f"{value!r} is not an http(s) URL")
+                 f"{shown(value)} is not an http(s) URL")
     _require(studio.url is not None, "label_studio.url", "give the Label Studio server's URL, e.g. http://127.0.0.1:8080")
     _require(bool(studio.token_env.strip()), "label_studio.token_env", "name the environment variable that holds the API token")
     _require(bool(os.environ.get(studio.token_env, "").strip()), "label_studio.token_env",
              f"the environment variable {studio.token_env} is not set: export the Label Studio API token there")
     if studio.project is not None:
         _require(3 <= len(studio.project.strip()) <= 50, "label_studio.project",
-                 f"{studio.project!r}: Label Studio project titles have 3 to 50 characters")
+                 f"{shown(studio.project)}: Label Studio project titles have 3 to 50 characters")
     for origin in studio.cors_origins or []:
         _require(isinstance(origin, str) and web_origin(origin) == origin, "label_studio.cors_origins",
-                 f"{origin!r} is not a web origin (scheme://host[:port], no path, no '*')")
+                 f"{shown(origin)} is not a web origin (scheme://host[:port], no path, no '*')")
     _require(studio.wait_seconds >= 0, "label_studio.wait_seconds", "must be >= 0")
     _require(studio.poll_seconds > 0, "label_studio.poll_seconds", "must be positive")

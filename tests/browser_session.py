@@ -33,7 +33,13 @@ from typing import Any, Iterator
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException, TimeoutException, WebDriverException
+from selenium.common.exceptions import (
+    ElementClickInterceptedException,
+    ElementNotInteractableException,
+    StaleElementReferenceException,
+    TimeoutException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -42,6 +48,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "/usr/bin/chromium")
 CHROMEDRIVER_CANDIDATES = ("chromedriver", "/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver")
 UI_TIMEOUT_S = 60.0
+# Exceptions a click on a re-rendering or animating page can meet; waits retry through them.
+_CLICK_RACES = (StaleElementReferenceException, ElementClickInterceptedException, ElementNotInteractableException)
 # SEVERE console lines an offline test machine always produces (Label Studio's Sentry, a missing tips file).
 OFFLINE_NOISE = ("sentry-cdn.com", "ingest.sentry.io", "/heidi-tips")
 
@@ -210,7 +218,7 @@ def choose_and_submit(driver: WebDriver, choice: str, timeout: float = UI_TIMEOU
         boxes[0].find_element(By.XPATH, "./ancestor::label").click()
         return False
 
-    WebDriverWait(driver, 10, poll_frequency=0.5, ignored_exceptions=(StaleElementReferenceException,)).until(selected)
+    WebDriverWait(driver, 10, poll_frequency=0.5, ignored_exceptions=_CLICK_RACES).until(selected)
     kind, text = _press_and_wait(driver, "bottombar-submit-button", "bottombar-update-button", timeout=timeout)
     if kind != "toast" or "successfully" not in text:
         raise RuntimeError(f"submitting {choice!r} did not save: {kind}: {text}")
@@ -223,14 +231,10 @@ def submit_without_choice(driver: WebDriver, timeout: float = UI_TIMEOUT_S) -> s
     'Checkbox "label" is required.'; the dialog is then closed with OK) or the toast if it saved."""
     kind, text = _press_and_wait(driver, "bottombar-submit-button", "bottombar-update-button", timeout=timeout)
     if kind == "dialog":
-        buttons = driver.find_elements(By.CSS_SELECTOR, ".ant-modal-confirm-btns button")
-        if buttons:
-            buttons[-1].click()
-            WebDriverWait(driver, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
-                lambda d: not any(
-                    e.is_displayed() for e in d.find_elements(By.CSS_SELECTOR, ".ant-modal-wrap, .ant-modal-mask")
-                )
-            )
+        try:  # press OK until the dialog is gone (a click during its opening animation can be lost)
+            WebDriverWait(driver, 10, poll_frequency=0.5, ignored_exceptions=_CLICK_RACES).until(_dialog_closed)
+        except TimeoutException:
+            raise RuntimeError(f"the dialog {text!r} did not close: {_body_text(driver)[-300:]}") from None
     else:
         _wait_editor(driver, None)
     return text
@@ -288,6 +292,16 @@ def screenshot(driver: WebDriver, path: str | Path) -> Path:
     return path
 
 
+def _dialog_closed(driver: WebDriver) -> bool:
+    """True once no modal dialog is displayed; otherwise press the dialog's last button (OK) and say False."""
+    if not any(e.is_displayed() for e in driver.find_elements(By.CSS_SELECTOR, ".ant-modal-wrap, .ant-modal-mask")):
+        return True
+    buttons = [e for e in driver.find_elements(By.CSS_SELECTOR, ".ant-modal-confirm-btns button") if e.is_displayed()]
+    if buttons:
+        buttons[-1].click()
+    return False
+
+
 def _wait_editor(driver: WebDriver, task_id: int | None) -> str:
     """Wait until the editor is settled on ``task_id`` (None: any task): 'ready', 'empty' or 'not ready'."""
     driver.execute_script("window.osalView = null;")  # start the settling second afresh
@@ -312,7 +326,7 @@ def _press_and_wait(driver: WebDriver, *testids: str, timeout: float) -> tuple[s
         buttons[0].click()
         return True
 
-    WebDriverWait(driver, 10, ignored_exceptions=(StaleElementReferenceException,)).until(pressed)
+    WebDriverWait(driver, 10, ignored_exceptions=_CLICK_RACES).until(pressed)
     try:
         outcome = WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: d.execute_script(_NEW_OUTCOME_JS))
     except TimeoutException:

@@ -222,6 +222,32 @@ def test_images_added_mid_run_join_the_pool(ray_session, example, tmp_path):
     assert second.seeds[0].manifest.num_pool == before + 5
 
 
+def test_deleting_a_labeled_image_neither_blocks_resuming_nor_loses_its_label(ray_session, example, tmp_path):
+    import shutil
+
+    root = tmp_path / "pool"
+    shutil.copytree(example, root)
+    shutil.rmtree(root / "unlabeled" / "broken")
+    (root / "unlabeled" / "batch_01" / "copy_of_img_00000.png").unlink(missing_ok=True)
+    files = sorted(p for p in (root / "unlabeled").rglob("*") if p.is_file())
+    if len(files) % 2:
+        files.pop().unlink()
+    config = _config(root, tmp_path / "run", strategies=["random"], **{"al.budget": len(files) // 2})  # every file is needed
+    out = tmp_path / "run"
+    _run(config)
+    _label_round(out, root, 1, tmp_path)
+    gone = _open_queries(out, 1)[0]
+    (root / gone["path"]).unlink()
+    _run(config)  # was: "unlabeled holds only N-1 files"
+    state = RunState.load(out / "runs" / "random" / "seed_0" / "state.json")
+    assert state.completed_round == 1
+    from osal_ray.data.image_files import key_to_id
+
+    gone_id = key_to_id(gone["key"])
+    assert gone_id in [q.id for q in state.queries if q.round == 1]
+    assert gone_id in state.labeled_ids + state.invalid_ids + state.skipped_ids  # its label is kept
+
+
 def test_a_second_run_on_a_directory_in_use_is_refused(tmp_path):
     """Two processes: the second refuses at once, exit 2, naming the holder; free again afterwards."""
     import subprocess
@@ -322,3 +348,120 @@ def test_a_live_holder_with_its_ray_node_alive_is_not_waited_for(tmp_path, ray_s
 def test_simulated_image_pool_needs_a_truth_file(example, tmp_path):
     with pytest.raises(InputError, match="oracle.truth_file"):
         prepare_experiment(_config(example, tmp_path / "o", **{"oracle.kind": "simulated"}), **QUIET)
+
+
+KEY_A, KEY_B = "a" * 64, "b" * 64
+
+
+def _open_round(out: Path) -> Path:
+    """An output directory waiting for labels of round 1 (images A and B), made by hand: no Ray."""
+    folder = out / "annotation" / "round_001"
+    folder.mkdir(parents=True)
+    (out / "config.yaml").write_text("name: hand-made\n")
+    request = {"queries": [{"key": KEY_A, "path": "unlabeled/a.png"}, {"key": KEY_B, "path": "unlabeled/b.png"}],
+               "class_names": ["cat", "dog"], "unknown_label": "unknown", "allowed_labels": ["cat", "dog", "unknown", "skip"]}
+    (folder / "request.json").write_text(json.dumps(request))
+    return folder
+
+
+def _label_error(capsys, out: Path, label_file: Path) -> str:
+    assert label_cli.main([str(out), str(label_file)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("content, problem", [
+    ('{"source": "x", "staged_at": "t", "labels": [', "not valid JSON"),
+    ("\x00\x01garbage", "not valid JSON"),
+    ('[{"key": "k", "label": "cat"}]', "holds a JSON list"),
+    ('{"source": "x", "staged_at": "t", "labels": [{"key": "k"}]}', "labels[0] is not"),
+    ('{"source": "x", "staged_at": "t"}', "'labels' is missing"),
+])
+def test_a_corrupt_staged_file_is_named_and_kept(tmp_path, capsys, content, problem):
+    out = tmp_path / "run"
+    folder = _open_round(out)
+    (folder / "staged").mkdir()
+    corrupt = folder / "staged" / "00001-1-labels.json"
+    corrupt.write_text(content)
+    line = _label_error(capsys, out, _write_labels(tmp_path / "l.csv", [(KEY_A, "cat")]))
+    assert str(corrupt) in line and problem in line and "restore" in line
+    assert corrupt.read_text() == content and len(list((folder / "staged").iterdir())) == 1  # never rewritten
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"queries": 3}'])
+def test_a_corrupt_request_file_is_named(tmp_path, capsys, content):
+    out = tmp_path / "run"
+    folder = _open_round(out)
+    (folder / "request.json").write_text(content)
+    line = _label_error(capsys, out, _write_labels(tmp_path / "l.csv", [(KEY_A, "cat")]))
+    assert str(folder / "request.json") in line
+
+
+def test_a_label_row_whose_key_and_path_disagree_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    _open_round(out)
+    rows = tmp_path / "l.csv"
+    rows.write_text(f"key,path,label\n{KEY_A},unlabeled/b.png,cat\n")
+    line = _label_error(capsys, out, rows)
+    assert "row 1" in line and "unlabeled/b.png" in line and not (out / "annotation" / "round_001" / "staged").exists()
+    rows.write_text(f"key,path,label\n{KEY_A},unlabeled/a.png,cat\n")  # agreeing key and path are fine
+    assert label_cli.main([str(out), str(rows)]) == 0
+
+
+def test_a_directory_as_label_file_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    _open_round(out)
+    (tmp_path / "some_dir").mkdir()
+    assert "not a file" in _label_error(capsys, out, tmp_path / "some_dir")
+
+
+def test_a_full_disk_while_staging_leaves_no_temporary_file(tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    out = tmp_path / "run"
+    folder = _open_round(out)
+    real_fsync = os.fsync
+
+    def full(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".0"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full)
+    line = _label_error(capsys, out, _write_labels(tmp_path / "l.csv", [(KEY_A, "cat")]))
+    assert "No space left on device" in line and "nothing was staged" in line
+    assert list((folder / "staged").iterdir()) == []  # no 0-byte .tmp left behind
+    assert not (out / ".osal_ray.lock").exists()  # the lock was given back
+
+
+@pytest.mark.parametrize("content", ["abc", "[1, 2]", '{"pid": "x"}', ""])
+def test_an_unreadable_lock_is_refused_while_fresh_and_taken_over_once_stale(tmp_path, content):
+    import os
+
+    from osal_ray.lock import LOCK_FILE, OutputLock
+
+    lock = tmp_path / LOCK_FILE
+    lock.write_text(content)
+    with pytest.raises(InputError, match="unreadable"):
+        OutputLock.acquire(tmp_path)
+    os.utime(lock, (1, 1))  # left long ago by a process that died while writing it
+    OutputLock.acquire(tmp_path).release()
+    assert not lock.exists()
+
+
+def test_a_stale_lock_in_a_read_only_directory_is_a_clear_error(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from osal_ray.lock import LOCK_FILE, OutputLock
+
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 2**22 + 7, "host": __import__("socket").gethostname()}))
+
+    def read_only(src, dst):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "replace", read_only)  # tests run as root, where chmod does not stop writes
+    with pytest.raises(InputError, match="cannot be taken over.*Read-only file system"):
+        OutputLock.acquire(tmp_path)

@@ -62,3 +62,14 @@ def test_an_image_over_the_decompression_limit_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)
     with pytest.raises(InputError, match=r"cannot read image .*\.png: .*(decompression|exceeds limit)"):
         load_dataset(DataConfig(dataset="image_folder", root=str(tmp_path / "imgs"), image_size=8))
+
+
+@pytest.mark.parametrize("override, key", [("seeds=[18446744073709551616]", "seeds"), ("seeds=[4294967296]", "seeds"),
+                                           ("train.lr=1e308", "train.lr"), ("sweep.seed=-1", "sweep.seed")])
+def test_numbers_outside_what_training_takes_are_refused_before_anything_is_written(tmp_path, override, key):
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "osal_ray.run", "--set", override, "--output-dir", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"osal_ray: error: {key}: "), result.stderr
+    assert not out.exists()  # no config.yaml, no checkpoints: Ray never started

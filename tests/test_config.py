@@ -205,3 +205,30 @@ def test_readme_documents_every_strategy_parameter_with_its_default():
         problems += [f"{s}.{parameter}: documented but not a parameter" for s in strategies
                      if s not in STRATEGIES or parameter not in get_strategy(s).defaults]
     assert not problems, problems
+
+
+BOMB = "\n".join(["a: &a [x, x, x, x, x, x, x, x, x]"] + [f"{c}: &{c} [{', '.join(['*' + p] * 9)}]"
+                                                          for p, c in zip("abcdefgh", "bcdefghi")])
+
+
+@pytest.mark.parametrize("where", ["name", "data.known_classes", "model.kwargs"])
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, capsys, where):
+    from osal_ray.run import main
+
+    section, _, key = where.rpartition(".")
+    body = BOMB.replace("\n", "\n  ") if section else BOMB
+    job = tmp_path / "bomb.yaml"
+    job.write_text((f"{section}:\n  {key}:\n    " if section else f"{key}:\n  ") + body.replace("\n", "\n  "))
+    started = time.perf_counter()
+    assert main(["--config", str(job), "--output-dir", str(tmp_path / "o")]) == 2
+    assert main(["--set", f"{where}={{{BOMB.replace(chr(10), ', ')}}}", "--output-dir", str(tmp_path / "o")]) == 2
+    assert time.perf_counter() - started < 1.0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all("aliases" in line and len(line) < 600 for line in lines), lines
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_huge_value_is_cut_short_in_the_error(capsys):
+    with pytest.raises(InputError) as info:
+        load_config(None, [f"al.rounds=[{', '.join(['1'] * 100_000)}]"])
+    assert len(str(info.value)) < 400 and "..." in str(info.value)

@@ -109,6 +109,26 @@ def test_layout_problems_are_named_before_any_work(tmp_path, breakage, message):
         load_image_pool(DataConfig(dataset="image_pool", root=str(root), image_size=8))
 
 
+@pytest.mark.parametrize("folder, problem", [
+    ("five ", "may not start or end with spaces"),
+    (" five", "may not start or end with spaces"),
+    ("Cat", "only by case"),
+    ("Unknown", "only by case"),
+    ("SKIP", "only by case"),
+    ("a,b", "commas, quotes"),
+    ('say "hi"', "commas, quotes"),
+    ("two\nlines", "commas, quotes"),
+])
+def test_class_folders_that_cannot_be_typed_back_as_labels_are_refused(tmp_path, folder, problem):
+    root = _layout(tmp_path)
+    (root / "labeled" / folder).mkdir()
+    (root / "labeled" / folder / "a.png").write_bytes(_png(np.zeros((8, 8), np.uint8)))
+    with pytest.raises(InputError, match=problem) as info:
+        load_image_pool(DataConfig(dataset="image_pool", root=str(root), image_size=8))
+    assert info.value.field == "data.root" and str(root / "labeled") in info.value.message
+    assert repr(folder)[1:-1] in info.value.message  # the folder is named, its spaces and line breaks visible
+
+
 @pytest.fixture
 def example(tmp_path):
     directory = tmp_path / "example"
@@ -148,6 +168,19 @@ def test_an_example_folder_becomes_a_pool_with_stable_keys(ray_session, example,
     assert key_to_id(hashlib.sha256(new).hexdigest()) in catalog2
     assert read_absent_ids(manifest2).tolist() == [gone_id]
     assert gone_id in read_pool_ids(manifest2)  # still readable for training if it was labeled
+
+
+@pytest.mark.ray
+def test_a_symlink_loop_and_a_broken_symlink_are_listed_as_skipped(ray_session, tmp_path):
+    import os
+
+    root = _layout(tmp_path)
+    os.symlink("loop.png", root / "unlabeled" / "loop.png")  # points at itself
+    os.symlink("nowhere.png", root / "unlabeled" / "dangling.png")
+    materialize_image_pool(load_image_pool(DataConfig(dataset="image_pool", root=str(root), image_size=8)),
+                           tmp_path / "out" / "data", tmp_path / "out", log=lambda _: None)
+    skipped = dict(pd.read_csv(tmp_path / "out" / "skipped.csv").itertuples(index=False))
+    assert "symbolic links" in skipped["unlabeled/loop.png"] and "unreadable symlink" in skipped["unlabeled/dangling.png"]
 
 
 @pytest.mark.ray

@@ -120,3 +120,74 @@ def test_a_state_written_before_typed_parameters_is_refused_when_a_parameter_cha
     with pytest.raises(InputError, match="params.base_params.chunk_size"):
         open_run_state(location, load_config(None, overrides + ["strategy_params.vlpure.base_params={chunk_size: 64}"]),
                        "vlpure", 0)
+
+
+def test_the_osal_state_saved_before_known_share_resumes_with_the_old_rule(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from osal_ray.experiment.state import resumed_plan
+
+    monkeypatch.chdir(V0_STATES.parents[2])
+    overrides = json.loads((V0_STATES / "overrides.json").read_text())
+    location = str(tmp_path / "state.json")
+    shutil.copy(V0_STATES / "osal.json", location)
+    config = load_config(None, overrides)
+    state = open_run_state(location, config, "osal", 0)
+    plan = resumed_plan(config, plan_strategy(config, "osal"), state)
+    assert (plan.params.known_share, plan.params.backend) == (0.0, "sklearn")  # how osal ran when it was saved
+    assert state.settings["params"]["known_share"] == 0.0 and "known_share" in state.legacy_params
+    state.save(location)  # recorded: the next resume keeps it too
+    again = open_run_state(location, config, "osal", 0)
+    assert resumed_plan(config, plan_strategy(config, "osal"), again).params.known_share == 0.0
+    assert plan_strategy(config, "osal").params.known_share == 0.25  # a new run uses today's default
+    with pytest.raises(InputError, match=r"params.known_share \(0.0 -> 0.25\)"):
+        open_run_state(location, load_config(None, overrides + ["strategy_params.osal.known_share=0.25"]), "osal", 0)
+
+
+def test_a_parameter_added_to_a_strategy_cannot_change_a_saved_run(tmp_path, monkeypatch):
+    """A saved run resumes with the legacy value of a parameter added after it was saved; the trajectory
+    selects with it (the job's plan), while a new run of the same job gets the default."""
+    import dataclasses
+
+    from osal_ray.experiment.runner import _jobs, prepare_experiment
+    from osal_ray.params import Params, added_later
+    from osal_ray.strategies import STRATEGIES
+
+    config = load_config(None, ["strategies=[random]", f"output_dir={tmp_path / 'out'}", "al.rounds=1", "al.budget=5"])
+    old_location = tmp_path / "out" / "runs" / "random" / "seed_0" / "state.json"
+    old_location.parent.mkdir(parents=True)
+    RunState("random", 0, run_settings(config, plan_strategy(config, "random"), 0)).save(str(old_location))
+
+    @dataclasses.dataclass(frozen=True)
+    class Grown(Params):
+        spread: float = added_later(1.0, legacy=0.0)
+
+    monkeypatch.setitem(STRATEGIES._entries, "random", dataclasses.replace(STRATEGIES.get("random"), params_type=Grown))
+    prepared = prepare_experiment(config, log=lambda _: None)
+    try:
+        (job,) = _jobs(prepared)
+        assert job.plan.params.spread == 0.0
+        assert prepared.states[("random", 0)].settings["params"] == {"spread": 0.0}
+    finally:
+        prepared.lock.release()
+    fresh = load_config(None, ["strategies=[random]", f"output_dir={tmp_path / 'new'}", "al.rounds=1", "al.budget=5"])
+    prepared = prepare_experiment(fresh, log=lambda _: None)
+    try:
+        assert _jobs(prepared)[0].plan.params.spread == 1.0
+    finally:
+        prepared.lock.release()
+
+
+def test_every_parameter_missing_from_the_first_saved_states_declares_its_legacy_value():
+    import json
+
+    overrides = json.loads((V0_STATES / "overrides.json").read_text())
+    config = load_config(None, overrides)
+    for path in V0_STATES.glob("*.json"):
+        if path.stem == "overrides":
+            continue
+        saved = json.loads(path.read_text())["settings"]["params"]
+        params = plan_strategy(config, path.stem).params
+        missing = set(params.names()) - set(saved)
+        assert missing <= set(type(params).legacy()), f"{path.stem}: {missing - set(type(params).legacy())} lack a legacy value"

@@ -218,3 +218,67 @@ def test_kill_9_mid_round_and_restart_lose_no_label_and_run_no_round_twice(servi
     assert set(audit[audit["round"] == 2]["key"]) == {k for k, _ in labels}
     state = json.loads((out / "runs" / "osal" / "seed_0" / "state.json").read_text())
     assert state["completed_round"] == 2 and state["pending"]["round"] == 3
+
+
+class _StubController:
+    """Just enough of RunController for the API's error mapping (no Ray, no Serve)."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+        self.staged: list = []
+
+    def status(self) -> dict:
+        from osal_ray.annotation.labels import staged_submissions
+
+        staged_submissions(self.output_dir / "annotation" / "round_001")
+        return {"state": "waiting_for_labels"}
+
+    def stage(self, items, source, round_index=None) -> dict:
+        self.staged.append((items, round_index))
+        return {"staged": len(items)}
+
+    def stage_webhook(self, payload: dict) -> dict:
+        return {"ok": True}
+
+
+@pytest.fixture
+def api(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from osal_ray.service.api import build_api
+    from osal_ray.service.auth import token_digest
+
+    controller = _StubController(tmp_path)
+    client = TestClient(build_api(controller, token_digest("t0ken")), raise_server_exceptions=False)
+    client.headers["Authorization"] = "Bearer t0ken"
+    return client, controller
+
+
+def test_a_corrupt_staged_file_is_503_naming_it(api, tmp_path):
+    client, _ = api
+    staged = tmp_path / "annotation" / "round_001" / "staged"
+    staged.mkdir(parents=True)
+    (staged / "00001-1-labels.json").write_text('{"source": "x", "labels": [')
+    code = client.get("/status")
+    assert code.status_code == 503, code.text
+    assert code.json()["file"] == str(staged / "00001-1-labels.json") and "not valid JSON" in code.json()["detail"]
+
+
+def test_odd_label_bodies_are_4xx_not_500(api):
+    client, controller = api
+    label = {"key": "a" * 64, "label": "cat"}
+    cases = {
+        "NaN label": (b'[{"key": "x", "label": NaN}]', 422),
+        "Infinity round": (b'{"round": Infinity, "labels": []}', 422),
+        "boolean round": (b'{"round": true, "labels": [{"key": "x", "label": "cat"}]}', 422),
+        "bare list over the limit": (json.dumps([label] * 10_001).encode(), 422),
+    }
+    for name, (body, expected) in cases.items():
+        answer = client.post("/labels", content=body, headers={"Content-Type": "application/json"})
+        assert answer.status_code == expected, (name, answer.status_code, answer.text[:300])
+        assert len(answer.text) < 20_000, name  # the detail names the problem, it does not echo the body
+    assert controller.staged == []
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for path in ("/webhooks/label-studio", "/labels"):
+        answer = client.post(path, content=deep, headers={"Content-Type": "application/json"})
+        assert 400 <= answer.status_code < 500, (path, answer.status_code, answer.text[:300])

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from osal_ray import storage
 from osal_ray.annotation.labels import SKIP, LabelSet, merged_labels, read_records, staged_submissions, write_record
 from osal_ray.data.pool import PoolManifest, read_catalog
-from osal_ray.errors import InputError
+from osal_ray.errors import CorruptFile, InputError
 from osal_ray.experiment.oracle import Annotator, Correction, QueryRequest
 
 ANNOTATION_DIR = "annotation"
@@ -48,7 +49,20 @@ def open_round(output_dir: Path) -> int | None:
 
 
 def read_request(output_dir: Path, round_index: int) -> dict:
-    return json.loads((round_dir(output_dir, round_index) / REQUEST_FILE).read_text(encoding="utf-8"))
+    """The round's ``request.json`` (what labels are checked against); CorruptFile naming it when unreadable."""
+    return read_request_file(round_dir(output_dir, round_index) / REQUEST_FILE)
+
+
+def read_request_file(path: Path) -> dict:
+    """A ``request.json``: {queries: [{key, path, ...}], class_names, unknown_label, allowed_labels}."""
+    fix = "it is written when the round is published: move the round's folder away and run the experiment command to publish it again"
+    request = storage.read_json(path, dict, "round request", fix)
+    queries = request.get("queries")
+    if not (isinstance(queries, list) and all(isinstance(q, dict) and isinstance(q.get("key"), str) for q in queries)
+            and all(isinstance(request.get(k), t) for k, t in
+                    (("class_names", list), ("unknown_label", str), ("allowed_labels", list)))):
+        raise CorruptFile(str(path), f"not a round request (queries with keys, class_names, unknown_label, allowed_labels); {fix}")
+    return request
 
 
 def write_status(output_dir: Path, status: dict) -> None:
@@ -195,9 +209,23 @@ class FilesAnnotator(Annotator):
         )
 
 
+CORRECTION_FIX = ("corrections are the record of labels people changed after a round closed and are never changed "
+                  "automatically: restore this file from a backup, or move it away to drop that correction")
+
+
 def read_corrections(output_dir: Path) -> list[dict]:
     """Every correction made after its round closed, oldest first: ``round, key, label, previous, source, origin``."""
-    return read_records(output_dir / ANNOTATION_DIR / CORRECTIONS_DIR)
+    return read_records(output_dir / ANNOTATION_DIR / CORRECTIONS_DIR, "label correction", CORRECTION_FIX, _correction_problem)
+
+
+def _correction_problem(record: dict) -> str | None:
+    """What makes ``record`` no correction, or None."""
+    if not isinstance(record.get("round"), int) or isinstance(record.get("round"), bool):
+        return "'round' is missing or not an integer"
+    for name in ("key", "label", "source", "corrected_at"):
+        if not isinstance(record.get(name), str):
+            return f"{name!r} is missing or not a string"
+    return None
 
 
 def effective_labels(output_dir: Path, round_index: int) -> dict[str, str]:
@@ -227,7 +255,8 @@ def stage_correction(output_dir: Path, round_index: int, key: str, label: str, s
             return None
         record = {"round": round_index, "key": key, "label": label, "previous": previous, "source": source,
                   "origin": origin, "corrected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        write_record(output_dir / ANNOTATION_DIR / CORRECTIONS_DIR, record, f"round{round_index:03d}")
+        write_record(output_dir / ANNOTATION_DIR / CORRECTIONS_DIR, record, f"round{round_index:03d}", "the correction",
+                     "it was not recorded")
         write_audit(output_dir)
         return record
 

@@ -18,9 +18,10 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
-from osal_ray.errors import InputError
+from osal_ray import storage
+from osal_ray.errors import CorruptFile, InputError, shown
 from osal_ray.experiment.oracle import SKIPPED, UNKNOWN
 
 SKIP = "skip"
@@ -95,17 +96,21 @@ def check_labels(items: Iterable[tuple[int, str | None, str | None, str]], queri
         if key is None:
             key = by_path.get(path)
             if key is None:
-                problems.append((row, path, f"path {path!r} was not queried in the open round"))
+                problems.append((row, path, f"path {shown(path)} was not queried in the open round"))
                 continue
         elif key not in queried:
-            problems.append((row, key, f"key {key!r} was not queried in the open round"))
+            problems.append((row, key, f"key {shown(key)} was not queried in the open round"))
+            continue
+        elif path is not None and queried[key] and path != queried[key]:
+            problems.append((row, key, f"key {shown(key)} is the queried image {shown(queried[key])}, but the row's path "
+                                       f"is {shown(path)}; give the key or the path of one image"))
             continue
         if label not in allowed:
-            problems.append((row, key, f"label {label!r} is not one of {', '.join(allowed)}"))
+            problems.append((row, key, f"label {shown(label)} is not one of {', '.join(allowed)}"))
             continue
         earlier = accepted.get(key)
         if earlier is not None and earlier.label != label:
-            problems.append((row, key, f"key {key} is labeled {label!r} here and {earlier.label!r} in row {earlier.row}"))
+            problems.append((row, key, f"key {shown(key)} is labeled {shown(label)} here and {shown(earlier.label)} in row {earlier.row}"))
             continue
         accepted[key] = LabelRow(key, label, row)
     if problems:
@@ -120,6 +125,8 @@ def read_label_file(path: Path) -> list[tuple[int, str | None, str | None, str]]
         size = path.stat().st_size
     except OSError as exc:
         raise InputError(field, f"cannot read the label file ({exc.strerror or exc})") from None
+    if not path.is_file():
+        raise InputError(field, "not a file (a directory?); give the CSV file of labels")
     if size == 0:
         raise InputError(field, "the label file is empty; expected a header key,label (or path,label) and rows")
     if size > MAX_LABEL_FILE_BYTES:
@@ -128,6 +135,8 @@ def read_label_file(path: Path) -> list[tuple[int, str | None, str | None, str]]
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(field, f"not UTF-8 text (byte {exc.start}); save the labels as a UTF-8 CSV file") from None
+    except OSError as exc:
+        raise InputError(field, f"cannot read the label file ({exc.strerror or exc})") from None
     return parse_label_csv(text, field)
 
 
@@ -155,7 +164,8 @@ def parse_label_csv(text: str, field: str) -> list[tuple[int, str | None, str | 
 
 
 def stage(round_dir: Path, rows: list[LabelRow], source: str, origins: Mapping[int, str] | None = None) -> Path:
-    """Write one accepted submission as a new staged file (atomic, never modified afterwards).
+    """Write one accepted submission as a new staged file (atomic, never modified afterwards); InputError
+    saying what failed (a full disk, no permission) with nothing staged and no temporary file left.
 
     ``origins`` maps a row to where its label was made (a Label Studio annotation's version), so that
     the same annotation is never staged twice."""
@@ -163,39 +173,40 @@ def stage(round_dir: Path, rows: list[LabelRow], source: str, origins: Mapping[i
     labels = [{"key": r.key, "label": r.label, "row": r.row, **({"origin": origins[r.row]} if r.row in origins else {})}
               for r in rows]
     payload = {"source": source, "staged_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "labels": labels}
-    return write_record(round_dir / "staged", payload, Path(source).name)
+    return write_record(round_dir / "staged", payload, Path(source).name, "the labels", "nothing was staged")
 
 
-def write_record(directory: Path, payload: dict, name: str) -> Path:
+def write_record(directory: Path, payload: dict, name: str, what: str = "the record", outcome: str = "nothing was written") -> Path:
     """Write ``payload`` as a new JSON file ``NNNNN-<pid>-<name>.json`` in ``directory``: numbered after
-    the newest, fsynced, and never over another file (records of people's labels are never replaced)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    the newest, fsynced, and never over another file (records of people's labels are never replaced).
+    InputError naming ``directory`` and saying what failed, with no temporary file left."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "labels"
-    number = 1 + max((int(p.name.split("-", 1)[0]) for p in directory.glob("[0-9]*-*.json")), default=0)
-    while True:
-        target = directory / f"{number:05d}-{os.getpid()}-{stem}.json"
-        tmp = directory / f".{target.name}.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp, target)  # fails if the name exists: never overwrites another record
-        except FileExistsError:
+    data = json.dumps(payload).encode()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        number = 1 + max((int(p.name.split("-", 1)[0]) for p in directory.glob("[0-9]*-*.json")), default=0)
+        while True:
+            target = directory / f"{number:05d}-{os.getpid()}-{stem}.json"
+            if storage.write_new(target, data):  # never overwrites another record
+                break
             number += 1
-            tmp.unlink()
-            continue
-        tmp.unlink()
-        _fsync_directory(directory)
-        return target
+    except OSError as exc:
+        raise InputError(str(directory), f"cannot write {what} ({exc.strerror or exc}); {outcome}: "
+                                         "free disk space or fix the permissions and submit them again") from None
+    _fsync_directory(directory)
+    return target
 
 
-def read_records(directory: Path) -> list[dict]:
-    """Every record ``write_record`` wrote in ``directory``, oldest first, each with its ``file`` name."""
+def read_records(directory: Path, what: str, fix: str, problem: Callable[[dict], str | None]) -> list[dict]:
+    """Every record ``write_record`` wrote in ``directory``, oldest first, each with its ``file`` name;
+    CorruptFile naming a file that is not JSON or that ``problem`` finds wrong (it says what)."""
     files = sorted(directory.glob("[0-9]*-*.json"), key=lambda p: (int(p.name.split("-", 1)[0]), p.name))
     records = []
     for path in files:
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        payload = storage.read_json(path, dict, what, fix)
+        wrong = problem(payload)
+        if wrong is not None:
+            raise CorruptFile(str(path), f"not a {what}: {wrong}; {fix}")
         payload["file"] = path.name
         records.append(payload)
     return records
@@ -214,9 +225,28 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+STAGED_FIX = ("staged files are the record of people's labels and are never changed automatically: restore this one "
+              "from a backup, or move it out of staged/ (its labels are then no longer counted) and label those images again")
+
+
 def staged_submissions(round_dir: Path) -> list[dict]:
-    """Every staged submission of a round, oldest first."""
-    return read_records(round_dir / "staged")
+    """Every staged submission of a round, oldest first; CorruptFile naming a file that is not one."""
+    return read_records(round_dir / "staged", "staged label file", STAGED_FIX, _submission_problem)
+
+
+def _submission_problem(payload: dict) -> str | None:
+    """What makes ``payload`` no staged submission ({source, staged_at, labels: [{key, label, row}]}), or None."""
+    for name in ("source", "staged_at"):
+        if not isinstance(payload.get(name), str):
+            return f"{name!r} is missing or not a string"
+    labels = payload.get("labels")
+    if not isinstance(labels, list):
+        return "'labels' is missing or not a list"
+    for index, item in enumerate(labels):
+        if not (isinstance(item, dict) and isinstance(item.get("key"), str) and isinstance(item.get("label"), str)
+                and isinstance(item.get("row"), int) and not isinstance(item.get("row"), bool)):
+            return f"labels[{index}] is not {{key: string, label: string, row: integer}}"
+    return None
 
 
 def merged_labels(round_dir: Path) -> dict[str, str]:

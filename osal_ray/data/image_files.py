@@ -44,11 +44,14 @@ def key_to_id(key: str) -> int:
     return int(key[: ID_BITS // 4], 16)
 
 
-def list_files(root: Path, folder: str, role: str, with_class: bool) -> list[FileEntry]:
+def list_files(root: Path, folder: str, role: str, with_class: bool,
+               problems: list[tuple[str, str]] | None = None) -> list[FileEntry]:
     """Every regular, non-hidden file under ``root / folder`` (any nesting), sorted by path.
 
     With ``with_class`` the first directory level below ``folder`` is the class; files directly
     in ``folder`` then have no class and are returned with ``label=None`` (the caller reports them).
+    A name that is no readable regular file (a symlink loop, a broken symlink, a pipe) is left out and,
+    given ``problems``, appended to it as ``(relative path, reason)``.
     """
     base = root / folder
     entries = []
@@ -58,13 +61,17 @@ def list_files(root: Path, folder: str, role: str, with_class: bool) -> list[Fil
             if name.startswith(HIDDEN_PREFIXES):
                 continue
             full = Path(directory, name)
+            relative = full.relative_to(root).as_posix()
             try:
                 stat = full.stat()
-            except OSError:
-                continue  # vanished between listing and stat
+            except OSError as exc:
+                if full.is_symlink() and problems is not None:
+                    problems.append((relative, f"unreadable symlink ({exc.strerror or exc})"))
+                continue  # else it vanished between listing and stat
             if not full.is_file():
+                if problems is not None:
+                    problems.append((relative, "not a regular file"))
                 continue
-            relative = full.relative_to(root).as_posix()
             label = None
             if with_class:
                 parts = full.relative_to(base).parts

@@ -41,7 +41,8 @@ from osal_ray.config import DataConfig
 from osal_ray.data.datasets import register_dataset
 from osal_ray.data.image_files import FileEntry, decode_file, key_to_id, list_files
 from osal_ray.data.pool import MANIFEST, PoolManifest, read_manifest
-from osal_ray.errors import InputError
+from osal_ray import storage
+from osal_ray.errors import CorruptFile, InputError, shown
 
 UNLABELED, LABELED, TEST = "unlabeled", "labeled", "test"
 SKIP_LABEL = "skip"
@@ -63,6 +64,7 @@ class ImagePoolSource:
     entries: tuple[FileEntry, ...]
     image_size: int
     channels: int | None
+    unlisted: tuple[tuple[str, str], ...] = ()  # (path, reason) of names that are no readable file (skipped.csv)
 
     name = "image_pool"
 
@@ -88,16 +90,16 @@ def load_image_pool(config: DataConfig) -> ImagePoolSource:
             raise InputError("data.root", f"{root} has no {folder}/ folder (layout: unlabeled/, labeled/<class>/, optional test/<class>/)")
     unknown = config.unknown_label
     classes = sorted(d.name for d in (root / LABELED).iterdir() if d.is_dir() and not d.name.startswith((".", "~")) and d.name != unknown)
-    if SKIP_LABEL in classes:
-        raise InputError("data.root", f"{root / LABELED / SKIP_LABEL} : '{SKIP_LABEL}' is reserved (a label for unusable images)")
+    check_class_names(root / LABELED, classes, unknown)
     if len(classes) < 2:
         raise InputError("data.root", f"{root / LABELED} holds {len(classes)} class folder(s) {classes} besides "
                                       f"{unknown}/; give at least 2 known classes, each a folder of example images")
-    entries = list_files(root, UNLABELED, UNLABELED, with_class=False)
+    unlisted: list[tuple[str, str]] = []
+    entries = list_files(root, UNLABELED, UNLABELED, with_class=False, problems=unlisted)
     for role in (LABELED, TEST):
         if not (root / role).is_dir():
             continue
-        for entry in list_files(root, role, role, with_class=True):
+        for entry in list_files(root, role, role, with_class=True, problems=unlisted):
             if entry.label is None:
                 raise InputError("data.root", f"{root / entry.path}: files in {role}/ belong in a class folder, {role}/<class>/")
             if role == TEST and entry.label not in classes:
@@ -108,7 +110,33 @@ def load_image_pool(config: DataConfig) -> ImagePoolSource:
         raise InputError("data.root", f"class folder(s) {empty} under {root / LABELED} hold no file; each known class needs examples")
     if not any(e.role == UNLABELED for e in entries):
         raise InputError("data.root", f"{root / UNLABELED} holds no file: nothing to choose from")
-    return ImagePoolSource(root.resolve(), tuple(classes), unknown, tuple(entries), config.image_size, config.channels)
+    return ImagePoolSource(root.resolve(), tuple(classes), unknown, tuple(entries), config.image_size, config.channels,
+                           tuple(unlisted))
+
+
+# Characters a class name (a label people type, a CSV cell) may not hold: CSV's separators and quotes, line breaks.
+UNSAFE_NAME_CHARACTERS = frozenset(',"\r\n\t')
+
+
+def check_class_names(labeled: Path, classes: list[str], unknown: str) -> None:
+    """Refuse ``labeled/<class>`` folder names that people could not type back as a label: leading or
+    trailing spaces, CSV-breaking characters, the reserved ``skip``, or names that differ only by case
+    (from each other, from the unknown label or from ``skip``). InputError naming the folder."""
+    seen = {SKIP_LABEL.casefold(): SKIP_LABEL, unknown.casefold(): unknown}
+    for name in classes:
+        folder = repr(str(labeled / name))
+        if name != name.strip():
+            raise InputError("data.root", f"{folder}: a class folder name may not start or end with spaces; rename it {name.strip()!r}")
+        if UNSAFE_NAME_CHARACTERS & set(name) or not name.isprintable():
+            raise InputError("data.root", f"{folder}: a class folder name may not hold commas, quotes, tabs, line breaks or "
+                                          "other control characters (it is a label in CSV files); rename it")
+        if name == SKIP_LABEL:
+            raise InputError("data.root", f"{folder}: '{SKIP_LABEL}' is reserved (a label for unusable images)")
+        clash = seen.get(name.casefold())
+        if clash is not None:
+            raise InputError("data.root", f"{folder}: differs from {clash!r} only by case (labels would be ambiguous); "
+                                          "rename or merge the folders")
+        seen[name.casefold()] = name
 
 
 @dataclass
@@ -150,7 +178,7 @@ def materialize_image_pool(source: ImagePoolSource, data_dir: Path, output_dir: 
     for row in rows:
         entry = current[row["path"]]
         row.update(role=entry.role, label=entry.label)
-    skipped = sorted((r["path"], r["error"]) for r in rows if r["error"])
+    skipped = sorted([(r["path"], r["error"]) for r in rows if r["error"]] + list(source.unlisted))
     good = [r for r in rows if not r["error"]]
     samples, duplicates = _collapse(good, source)
     if not any(s["role"] in (UNLABELED, LABELED) for s in samples):
@@ -296,7 +324,10 @@ def _channels(source: ImagePoolSource, store: Path, samples: list[dict]) -> int:
     if source.channels is not None:
         return source.channels
     if decided.is_file():
-        return int(json.loads(decided.read_text())["channels"])
+        channels = storage.read_json(decided, dict, "channel record", "delete it to decide again from the images").get("channels")
+        if channels not in (1, 3):
+            raise CorruptFile(str(decided), f"'channels' is {shown(channels)}, expected 1 or 3; delete it to decide again from the images")
+        return channels
     keys = {s["key"] for s in samples}
     parts = sorted(store.glob("images-*.parquet"))
     flags = pq.read_table(parts, columns=["key", "gray"]).to_pylist()

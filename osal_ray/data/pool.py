@@ -140,8 +140,16 @@ def _write_rows(path: Path, ids: np.ndarray, split: ImageSplit) -> None:
 
 def read_manifest(directory: Path) -> PoolManifest:
     """Read the manifest of a materialised pool."""
-    raw = json.loads((directory / MANIFEST).read_text())
-    return PoolManifest.from_dict(raw)
+    from osal_ray import storage
+    from osal_ray.errors import CorruptFile, shown_error
+
+    path = directory / MANIFEST
+    fix = f"delete {directory} and run again to rewrite the pool from the data (the run states are kept)"
+    raw = storage.read_json(path, dict, "pool manifest", fix)
+    try:
+        return PoolManifest.from_dict(raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptFile(str(path), f"not a pool manifest ({shown_error(exc)}); {fix}") from None
 
 
 def pool_paths(manifest: PoolManifest) -> list[str]:

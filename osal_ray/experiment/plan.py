@@ -9,6 +9,7 @@ trajectory read the plan; nothing resolves parameters again.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 from osal_ray.config import ExperimentConfig
 from osal_ray.experiment.networks import network_recipes
@@ -40,10 +41,11 @@ class StrategyPlan:
         return "clip_embedding" in self.stored_columns
 
 
-def plan_strategy(config: ExperimentConfig, name: str) -> StrategyPlan:
-    """Resolve strategy ``name`` in ``config`` (InputError naming the dotted key for a bad parameter)."""
+def plan_strategy(config: ExperimentConfig, name: str, params: Mapping[str, Any] | None = None) -> StrategyPlan:
+    """Resolve strategy ``name`` in ``config`` (InputError naming the dotted key for a bad parameter);
+    ``params``, when given, replaces the job's parameters of it (a resumed run's own, see ``experiment.state``)."""
     strategy = get_strategy(name)
-    params = strategy.resolve_params(strategy.params_from(config))
+    params = strategy.resolve_params(strategy.params_from(config) if params is None else params)
     columns = strategy.required_columns(params)
     networks = network_recipes(config, name, networks_for(columns), strategy.network_options(params))
     stored = stored_columns_for(columns) | {model_input(n.model) for n in networks}

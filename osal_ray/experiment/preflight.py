@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from osal_ray import storage
 from osal_ray.config import ExperimentConfig
 from osal_ray.data import ImagePoolSource, OpenSetSplit, SourceDataset, build_split, load_dataset
+from osal_ray.data.pool import MANIFEST, read_catalog, read_manifest
 from osal_ray.errors import InputError
 from osal_ray.experiment.plan import StrategyPlan, clip_embeddings_needed, plan_experiment, plan_strategy
 from osal_ray.experiment.state import STATE_FILE, RunState, open_run_state, saved_trajectories
@@ -40,9 +41,11 @@ def check_config(config: ExperimentConfig) -> dict[str, StrategyPlan]:
 
 
 def check_data(config: ExperimentConfig, plans: dict[str, StrategyPlan],
-               sources: dict[str, Any] | None = None) -> CheckedData:
+               sources: dict[str, Any] | None = None,
+               states: Mapping[tuple[str, int], RunState | None] | None = None) -> CheckedData:
     """Load the data (``sources`` caches it by data config across a sweep's variants), check the
-    splits and budget, the annotator and the CLIP weights. Writes nothing."""
+    splits and budget (against what the saved ``states`` queried already), the annotator and the
+    CLIP weights. Writes nothing."""
     key = repr(sorted(config.to_dict()["data"].items()))
     if sources is not None and key in sources:
         source = sources[key]
@@ -50,7 +53,7 @@ def check_data(config: ExperimentConfig, plans: dict[str, StrategyPlan],
         source = load_dataset(config.data)
         if sources is not None:
             sources[key] = source
-    splits = check_splits(config, source)
+    splits = check_splits(config, source, states)
     check_oracle(config, source)
     check_clip_weights(config, plans)
     return CheckedData(source, splits)
@@ -100,18 +103,21 @@ def oracle_kind(config: ExperimentConfig) -> str:
     return "files" if config.data.dataset == ImagePoolSource.name else "simulated"
 
 
-def check_splits(config: ExperimentConfig, source: SourceDataset | ImagePoolSource) -> list[OpenSetSplit]:
+def check_splits(config: ExperimentConfig, source: SourceDataset | ImagePoolSource,
+                 states: Mapping[tuple[str, int], RunState | None] | None = None) -> list[OpenSetSplit]:
     """Every seed's split of ``source``, each checked to hold the whole budget. Writes nothing.
 
     An image pool has no split (its folders are the split); its budget is checked against the
-    unlabeled files listed (decoding may still find some unreadable).
+    unlabeled files listed plus the images a saved run queried whose files are gone since (they
+    stay in its pool; decoding may still find some files unreadable).
     """
     needed = config.al.budget * config.al.rounds
     if isinstance(source, ImagePoolSource):
-        available = sum(e.role == "unlabeled" for e in source.entries)
+        available = image_pool_candidates(config, source, states or {})
         if needed > available:
             raise InputError("al.budget", f"{config.al.rounds} rounds x {config.al.budget} = {needed} queries, but "
-                                          f"{source.root / 'unlabeled'} holds only {available} files; lower al.budget or al.rounds")
+                                          f"{source.root / 'unlabeled'} holds only {available} files (with those already "
+                                          "queried); lower al.budget or al.rounds")
         return []
     splits = []
     for seed in config.seeds:
@@ -125,6 +131,19 @@ def check_splits(config: ExperimentConfig, source: SourceDataset | ImagePoolSour
             )
         splits.append(split)
     return splits
+
+
+def image_pool_candidates(config: ExperimentConfig, source: ImagePoolSource,
+                          states: Mapping[tuple[str, int], RunState | None]) -> int:
+    """What the least advanced saved run can query in all: the unlabeled files listed, plus the samples
+    it queried whose files were deleted since (a deleted image keeps its label and its place in the pool)."""
+    on_disk = {e.path for e in source.entries if e.role == "unlabeled"}
+    queried = [state.queried_ids() for state in states.values() if state is not None]
+    pool = config.resolved_output_dir().resolve() / "data" / "pool"
+    if not any(len(ids) for ids in queried) or not (pool / MANIFEST).is_file():
+        return len(on_disk)
+    catalog = read_catalog(read_manifest(pool))
+    return len(on_disk) + min(sum(catalog.get(int(i), (None, None))[1] not in on_disk for i in ids) for ids in queried)
 
 
 def check_oracle(config: ExperimentConfig, source: SourceDataset | ImagePoolSource) -> None:

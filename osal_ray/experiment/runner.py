@@ -7,7 +7,6 @@ an output directory of another configuration) without Ray; ``run_experiment`` ne
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +22,7 @@ from osal_ray.experiment.outputs import plot_curves, rounds_frame, write_tables
 from osal_ray.experiment.plan import StrategyPlan, clip_embeddings_needed
 from osal_ray.experiment.preflight import check_config, check_data, check_resume, is_human, oracle_kind, run_location
 from osal_ray.experiment.report import round_header, round_row, summary_table
-from osal_ray.experiment.state import RoundRecord, RunState, atomic_write_text
+from osal_ray.experiment.state import RoundRecord, RunState, atomic_write_text, resumed_plan
 from osal_ray.experiment.trajectory import TrajectoryJob, run_trajectory
 from osal_ray.lock import OutputLock
 from osal_ray.scoring.resident import ModeDecision, release_resident_scorers, use_resident
@@ -80,7 +79,7 @@ def _prepare(config: ExperimentConfig, plans: dict[str, StrategyPlan], output_di
         waiting = _incomplete_round(output_dir, oracle_kind(config))
         if waiting is not None:
             return PreparedExperiment(config, plans, output_dir, [], states, lock, waiting=waiting)
-    checked = check_data(config, plans)
+    checked = check_data(config, plans, states=states)
     source, splits = checked.source, checked.splits
     prepared = []
     if isinstance(source, SourceDataset):
@@ -169,7 +168,8 @@ def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Calla
     if prepared.waiting is not None:
         log(prepared.waiting)
         summary = output_dir / "summary.json"
-        return json.loads(summary.read_text()) if summary.is_file() else {"runs": {}, "mean": {}, "std": {}}
+        return storage.read_json(summary, dict, "summary", "run the experiment command again once the labels are in to rewrite it") \
+            if summary.is_file() else {"runs": {}, "mean": {}, "std": {}}
     if prepared.image_pool is not None:
         on_phase("preparing", f"reading the image pool {prepared.image_pool.root}")
         materialize_seeds(prepared, log)
@@ -236,10 +236,11 @@ def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Calla
 
 
 def _jobs(prepared: PreparedExperiment, seeds: list[PreparedSeed] | None = None, resident: bool = False) -> list[TrajectoryJob]:
-    """Every (strategy, seed) trajectory of the experiment, seed by seed."""
+    """Every (strategy, seed) trajectory of the experiment, seed by seed (a resumed one with its saved legacy parameters)."""
     config = prepared.config
     return [
-        TrajectoryJob(config=config, plan=plan, seed=seed.seed, manifest=seed.manifest, annotator=seed.annotator,
+        TrajectoryJob(config=config, plan=resumed_plan(config, plan, prepared.states.get((name, seed.seed))), seed=seed.seed,
+                      manifest=seed.manifest, annotator=seed.annotator,
                       run_location=run_location(config.resolved_storage(), name, seed.seed),
                       checkpoint_location=storage.join(config.resolved_storage(), "checkpoints"),
                       staging=prepared.output_dir / "staging", resident_scoring=resident)

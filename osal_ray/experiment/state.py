@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from osal_ray import storage
-from osal_ray.config import ExperimentConfig
-from osal_ray.errors import InputError
+from osal_ray.config import ClipConfig, DataConfig, DetectorConfig, ExperimentConfig, ModelConfig, TrainConfig, legacy_values
+from osal_ray.errors import CorruptFile, InputError, shown_error
 from osal_ray.experiment.oracle import UNKNOWN, Correction
 from osal_ray.experiment.plan import StrategyPlan, plan_strategy
 
@@ -89,11 +89,18 @@ class RunState:
     skipped_ids: list[int] = field(default_factory=list)
     pending: PendingQuery | None = None
     version: int = STATE_VERSION
+    # Strategy parameters this run was saved without (an older osal_ray): it keeps their legacy values.
+    legacy_params: list[str] = field(default_factory=list)
     corrections: list[dict[str, Any]] = field(default_factory=list)  # labels changed after their round closed, applied
 
     def annotated_ids(self) -> np.ndarray:
         """Every sample a person (or the oracle) has answered for: no longer a candidate."""
         return np.asarray(self.labeled_ids + self.invalid_ids + self.skipped_ids, dtype=np.int64)
+
+    def queried_ids(self) -> np.ndarray:
+        """Every sample this run has queried, the open round's pending batch included."""
+        pending = self.pending.ids if self.pending is not None else []
+        return np.asarray([q.id for q in self.queries] + list(pending), dtype=np.int64)
 
     def labeled_or_invalid_ids(self) -> np.ndarray:
         """The annotated samples the networks learn from (skipped ones are not among them)."""
@@ -143,16 +150,18 @@ class RunState:
 
     @classmethod
     def load(cls, location: str | Path) -> "RunState":
+        """The state saved at ``location``; CorruptFile naming it when it is not one."""
         path = str(location)
+        fix = "move it away to start this strategy and seed over"
+        raw = storage.read_json(path, dict, "run state", fix)
         try:
-            raw = json.loads(storage.read_bytes(path))
             raw["queries"] = [QueryRecord(**q) for q in raw["queries"]]
             raw["rounds"] = [RoundRecord(**r) for r in raw["rounds"]]
             if raw.get("pending") is not None:
                 raw["pending"] = PendingQuery(**raw["pending"])
             state = cls(**raw)
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise InputError("--output-dir", f"{path} is not a readable run state ({exc}); move it away to start over") from None
+        except (KeyError, TypeError) as exc:
+            raise CorruptFile(path, f"not a readable run state ({shown_error(exc)}); {fix}") from None
         if state.version != STATE_VERSION:
             raise InputError("--output-dir", f"{path} has state version {state.version}, expected {STATE_VERSION}")
         return state
@@ -228,6 +237,38 @@ def _fill_missing(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, 
     return filled
 
 
+# The run-settings sections that are config sections (their keys added later declare legacy values).
+SETTINGS_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "detector": DetectorConfig,
+                     "clip": ClipConfig}
+
+
+def legacy_settings(plan: StrategyPlan) -> dict[str, Any]:
+    """Run settings a saved run may lack because they were added later, each with its legacy value:
+    the value that reproduces how runs behaved before the key existed (``config.added_later``)."""
+    settings = {section: values for section, cls in SETTINGS_SECTIONS.items() if (values := legacy_values(cls))}
+    return {**settings, "params": type(plan.params).legacy()}
+
+
+def adopt_legacy_params(state: RunState, plan: StrategyPlan) -> None:
+    """Record in ``state`` the legacy value of every strategy parameter it was saved without (it keeps
+    it: a parameter added to a strategy never changes a saved run's rule)."""
+    params = state.settings.setdefault("params", {})
+    for key, value in type(plan.params).legacy().items():
+        if key not in params:
+            params[key] = json.loads(json.dumps(value, default=_json_default))
+            state.legacy_params.append(key)
+
+
+def resumed_plan(config: ExperimentConfig, plan: StrategyPlan, state: RunState | None) -> StrategyPlan:
+    """The plan a trajectory runs with: ``plan``, with the legacy values its saved state keeps."""
+    if state is None or not state.legacy_params:
+        return plan
+    kept = {key: state.settings["params"][key] for key in state.legacy_params}
+    if all(getattr(plan.params, key) == value for key, value in kept.items()):
+        return plan
+    return plan_strategy(config, plan.name, {**plan.params.to_dict(), **kept})
+
+
 def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two settings dicts."""
     keys = sorted(set(old) | set(new))
@@ -257,9 +298,13 @@ def open_run_state(location: str, config: ExperimentConfig, plan: StrategyPlan, 
     if not storage.exists(location):
         return None
     state = RunState.load(location)
+    adopt_legacy_params(state, plan)
     # Compare through JSON so that tuples and lists, ints and floats compare as they were saved.
     wanted = json.loads(json.dumps(run_settings(config, plan, seed), default=_json_default))
-    # A key the saved run did not know yet (an older osal_ray) counts as its default value.
+    given = config.strategy_params.get(plan.name, {})
+    wanted["params"].update({key: state.settings["params"][key] for key in state.legacy_params if key not in given})
+    # A key the saved run did not know yet (an older osal_ray) counts as its legacy value, else as its
+    # default (a key older than the first release that recorded every parameter).
     default_config = ExperimentConfig()
     defaults = json.loads(json.dumps(run_settings(default_config, plan_strategy(default_config, plan.name), seed),
                                      default=_json_default))
@@ -269,7 +314,8 @@ def open_run_state(location: str, config: ExperimentConfig, plan: StrategyPlan, 
     if isinstance(saved_clip, dict) and "weights_digest" not in saved_clip and "clip" in wanted:
         # Saved before CLIP weights were compared by content: the path is all it recorded.
         saved_clip["weights_digest"] = wanted["clip"]["weights_digest"]
-    differences = describe_difference(_only_keys_of(_fill_missing(state.settings, defaults), wanted), wanted)
+    saved = _fill_missing(_fill_missing(state.settings, legacy_settings(plan)), defaults)
+    differences = describe_difference(_only_keys_of(saved, wanted), wanted)
     if differences:
         made = ("made with other settings" if not shared_only else "made with other shared settings (every strategy and "
                 "seed of one directory shares data, budget, model, training and detector)")

@@ -8,16 +8,17 @@ id) and only images of the run's pool are served, read from under the data root.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from typing import Annotated, Any, Awaitable, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from osal_ray.annotation.labels import LabelErrors
 from osal_ray.config import ExperimentConfig
-from osal_ray.errors import InputError
+from osal_ray.errors import MAX_SHOWN, CorruptFile, InputError
 from osal_ray.service.auth import bearer_matches, image_signature_ok, token_digest, webhook_token
 from osal_ray.service.controller import Conflict, NotFound, RunController
 
@@ -37,8 +38,11 @@ class LabelIn(BaseModel):
 class LabelBatch(BaseModel):
     """Labels with the round they answer (a client that saw an older round is refused with 409)."""
 
-    round: int | None = None
+    round: Annotated[int, Field(strict=True, ge=1)] | None = None  # strict: true is no round number
     labels: list[LabelIn] = Field(max_length=MAX_LABELS_PER_REQUEST)
+
+
+BareLabels = Annotated[list[LabelIn], Field(max_length=MAX_LABELS_PER_REQUEST)]
 
 
 def build_api(controller: RunController, token_sha256: str, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
@@ -86,15 +90,13 @@ def build_api(controller: RunController, token_sha256: str, max_body_bytes: int 
         return Response(found.data, media_type=found.media_type, headers={"Cache-Control": "private, max-age=3600"})
 
     @app.post("/labels", tags=["run"], dependencies=[Depends(authorized)])
-    def post_labels(body: list[LabelIn] | LabelBatch) -> dict[str, Any]:
+    def post_labels(body: BareLabels | LabelBatch) -> dict[str, Any]:
         """Stage labels for the open round: ``[{key, label}]`` or ``{round, labels: [{key, label}]}``.
 
         The same checks as ``python -m osal_ray.label``: 422 with every bad row and nothing staged on any
         error. Staged labels are on disk when the call returns; once every query has a label the next
         round starts in the background (``GET /status``)."""
         batch = body if isinstance(body, LabelBatch) else LabelBatch(labels=body)
-        if len(batch.labels) > MAX_LABELS_PER_REQUEST:
-            raise HTTPException(413, f"at most {MAX_LABELS_PER_REQUEST} labels per request")
         return controller.stage([(item.key, item.label) for item in batch.labels], "http POST /labels", batch.round)
 
     @app.post("/pool/rescan", tags=["run"], status_code=202, dependencies=[Depends(authorized)])
@@ -110,8 +112,8 @@ def build_api(controller: RunController, token_sha256: str, max_body_bytes: int 
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
         try:
             payload = await request.json()
-        except ValueError:
-            raise HTTPException(422, "the body is not JSON") from None
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
+            raise HTTPException(422, "the body is not JSON (or is nested too deeply)") from None
         if not isinstance(payload, dict):
             raise HTTPException(422, "the body is not a JSON object")
         from starlette.concurrency import run_in_threadpool
@@ -122,10 +124,22 @@ def build_api(controller: RunController, token_sha256: str, max_body_bytes: int 
 
 
 def _map_errors(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Where and what, never the input itself: it may be huge, or NaN (which JSON cannot carry back).
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))[:MAX_SHOWN], "type": e.get("type")}
+                  for e in exc.errors()[:20]]
+        return JSONResponse({"detail": errors}, 422)
+
     @app.exception_handler(LabelErrors)
     def label_errors(request: Request, exc: LabelErrors) -> JSONResponse:
         rows = [{"row": row, "key": key, "error": text} for row, key, text in exc.problems]
         return JSONResponse({"detail": rows, "message": "no label was staged: fix the rows named and send them again"}, 422)
+
+    @app.exception_handler(CorruptFile)
+    def corrupt_file(request: Request, exc: CorruptFile) -> JSONResponse:
+        # The run's own files on disk, not the request, are wrong: the service cannot go on until they are fixed.
+        return JSONResponse({"detail": str(exc), "file": exc.field}, 503)
 
     @app.exception_handler(InputError)
     def input_error(request: Request, exc: InputError) -> JSONResponse:
@@ -145,20 +159,22 @@ DOCS_ASSETS = "/docs/assets"
 
 
 def _offline_docs(app: FastAPI) -> None:
-    """``/docs``: Swagger UI from the ``swagger-ui-bundle`` package, served by the service itself (no CDN:
-    the page works on a machine without internet). The page and its assets hold no run data."""
+    """``/docs``: Swagger UI 5 (it reads FastAPI's OpenAPI 3.1) from the ``fastapi-offline`` package's
+    assets, served by the service itself (no CDN: the page works on a machine without internet). The
+    page and its assets hold no run data."""
+    from importlib.resources import files
+
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.staticfiles import StaticFiles
-    from swagger_ui_bundle import swagger_ui_path
 
-    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> Response:
         return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API",
                                    swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
                                    swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png")
 
 
 def image_origins(config: ExperimentConfig) -> frozenset[str]:

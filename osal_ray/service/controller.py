@@ -325,8 +325,6 @@ class RunController:
         return read_request(self.output_dir, round_index)
 
     def _trajectories(self) -> list[dict]:
-        import json
-
         from osal_ray import storage
         from osal_ray.experiment.preflight import run_location
         from osal_ray.experiment.state import STATE_FILE
@@ -336,8 +334,8 @@ class RunController:
         for name in self.config.strategies:
             for seed in self.config.seeds:
                 try:
-                    saved = json.loads(storage.read_bytes(storage.join(run_location(root, name, seed), STATE_FILE)))
-                except (OSError, ValueError):
+                    saved = storage.read_json(storage.join(run_location(root, name, seed), STATE_FILE))
+                except (OSError, ValueError):  # none yet, or unreadable (CorruptFile)
                     rows.append({"strategy": name, "seed": seed, "completed_round": None, "pending_round": None})
                     continue
                 pending = saved.get("pending")

@@ -24,6 +24,6 @@ def check_service_config(config_path: str | None, overrides: list[str], output_d
     if directory.exists() and not directory.is_dir():
         raise InputError("--output-dir", f"{directory} exists and is not a directory")
     OutputLock.acquire(directory, purpose="osal_ray.serve (checking)").release()  # in use: say so now, by whom
-    check_resume(config, plans)
-    check_data(config, plans)
+    states = check_resume(config, plans)
+    check_data(config, plans, states=states)
     return config

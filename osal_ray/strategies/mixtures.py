@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from osal_ray.params import Params, positive_int, refuse
+from osal_ray.params import Params, added_later, positive_int, refuse
 from osal_ray.strategies.mixture_fit import fit_segments
 
 BACKENDS = ("vectorised", "sklearn")
@@ -56,7 +56,7 @@ class MixtureParams(Params):
     fit_sample_size: int | None = 50_000
     collapse_weight: float = 0.01
     min_separation: float = 2.0
-    backend: str = "vectorised"
+    backend: str = added_later("vectorised", legacy="sklearn")  # runs saved before it fitted with sklearn
 
     OPTION_KEYS = ("max_iter", "tol", "reg_covar")
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from osal_ray.params import positive_int, refuse
+from osal_ray.params import added_later, positive_int, refuse
 from osal_ray.strategies.badge import gradient_factors, kmeans_pp
 from osal_ray.strategies.base import LabeledScores, PoolScores, QueryContext, Selection, register_strategy, top_k
 from osal_ray.strategies.calibration import fit_calibration, gather_evidence, record_evidence
@@ -66,7 +66,7 @@ class OsalParams(BgmmParams):
     diversity: bool = True
     max_candidates: int = 100_000
     known_weight: float = 8.0
-    known_share: float = 0.25
+    known_share: float = added_later(0.25, legacy=0.0)  # runs saved before it spent no share on the likeliest known
     clip: bool = False
     clip_scale: float = 100.0
 
