@@ -220,6 +220,9 @@ def test_kill_9_mid_round_and_restart_lose_no_label_and_run_no_round_twice(servi
     assert state["completed_round"] == 2 and state["pending"]["round"] == 3
 
 
+STUDIO = "http://127.0.0.1:8080"  # the Label Studio origin the stub API lets load images
+
+
 class _StubController:
     """Just enough of RunController for the API's error mapping (no Ray, no Serve)."""
 
@@ -240,6 +243,11 @@ class _StubController:
     def stage_webhook(self, payload: dict) -> dict:
         return {"ok": True}
 
+    def image(self, key: str, size: int | None = None):
+        from osal_ray.service.controller import Image
+
+        return Image(b"\x89PNG fake", "image/png")
+
 
 @pytest.fixture
 def api(tmp_path):
@@ -249,7 +257,7 @@ def api(tmp_path):
     from osal_ray.service.auth import token_digest
 
     controller = _StubController(tmp_path)
-    client = TestClient(build_api(controller, token_digest("t0ken")), raise_server_exceptions=False)
+    client = TestClient(build_api(controller, token_digest("t0ken"), origins=frozenset({STUDIO})), raise_server_exceptions=False)
     client.headers["Authorization"] = "Bearer t0ken"
     return client, controller
 
@@ -282,3 +290,51 @@ def test_odd_label_bodies_are_4xx_not_500(api):
     for path in ("/webhooks/label-studio", "/labels"):
         answer = client.post(path, content=deep, headers={"Content-Type": "application/json"})
         assert 400 <= answer.status_code < 500, (path, answer.status_code, answer.text[:300])
+
+
+def test_images_and_only_images_answer_the_label_studio_origin(api):
+    """Label Studio's page loads task images cross-origin: /images/ allows its origin, nothing else does."""
+    from osal_ray.service.auth import signed_image_url
+
+    client, controller = api
+    url = signed_image_url("http://testserver", controller.output_dir, "a" * 64).removeprefix("http://testserver")
+    allowed = client.get(url, headers={"Origin": STUDIO, "Authorization": ""})
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == STUDIO
+    assert "Origin" in allowed.headers["vary"]
+    other = client.get(url, headers={"Origin": "http://evil.example", "Authorization": ""})
+    assert other.status_code == 200 and "access-control-allow-origin" not in other.headers
+    unsigned = client.get(f"/images/{'a' * 64}", headers={"Origin": STUDIO, "Authorization": ""})
+    assert unsigned.status_code == 401  # the signature stays the key
+    preflight = client.options(url, headers={"Origin": STUDIO, "Access-Control-Request-Method": "GET"})
+    assert preflight.status_code == 204 and preflight.headers["access-control-allow-origin"] == STUDIO
+    assert client.options(url, headers={"Origin": "http://evil.example"}).status_code == 403
+    status = client.get("/status", headers={"Origin": STUDIO})
+    assert "access-control-allow-origin" not in status.headers
+
+
+@pytest.mark.parametrize("studio_url, origins, expected", [
+    ("http://127.0.0.1:8080/", None, {"http://127.0.0.1:8080"}),
+    ("https://label.example.com:443/app", None, {"https://label.example.com"}),
+    ("http://127.0.0.1:8080", ["http://a.example:81", "https://b.example"], {"http://a.example:81", "https://b.example"}),
+    (None, None, set()),
+])
+def test_image_origins_come_from_label_studio_url_or_cors_origins(studio_url, origins, expected):
+    from osal_ray.config import config_from_dict
+    from osal_ray.service.api import image_origins
+
+    config = config_from_dict({"label_studio": {"url": studio_url, "cors_origins": origins}})
+    assert image_origins(config) == expected
+
+
+@pytest.mark.parametrize("origin", ["*", "http://a.example/path", "ftp://a.example", "a.example"])
+def test_a_cors_origin_that_is_no_web_origin_is_refused(origin, monkeypatch):
+    from osal_ray.config import config_from_dict
+    from osal_ray.errors import InputError
+    from osal_ray.validation import validate_config
+
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "x")
+    config = config_from_dict({"oracle": {"kind": "label_studio"},
+                               "label_studio": {"url": "http://127.0.0.1:8080", "cors_origins": [origin]}})
+    with pytest.raises(InputError) as raised:
+        validate_config(config)
+    assert raised.value.field == "label_studio.cors_origins"

@@ -45,9 +45,11 @@ class LabelBatch(BaseModel):
 BareLabels = Annotated[list[LabelIn], Field(max_length=MAX_LABELS_PER_REQUEST)]
 
 
-def build_api(controller: RunController, token_sha256: str, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def build_api(controller: RunController, token_sha256: str, max_body_bytes: int = MAX_BODY_BYTES,
+              origins: frozenset[str] = frozenset()) -> FastAPI:
     """The FastAPI application serving ``controller``; callers authenticate with the token whose
-    SHA-256 is ``token_sha256`` (the service never holds the token itself)."""
+    SHA-256 is ``token_sha256`` (the service never holds the token itself). Pages of ``origins``
+    may load its images (``image_origins``)."""
     app = FastAPI(title="osal_ray", version=_version(), docs_url=None, redoc_url=None,
                   description="Open-set active learning as a service: which images to label next, and their labels back.")
     _offline_docs(app)
@@ -59,7 +61,7 @@ def build_api(controller: RunController, token_sha256: str, max_body_bytes: int 
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     _limit_body_size(app, max_body_bytes)
-    app.add_middleware(ImageCors, origins=image_origins(controller.config))
+    app.add_middleware(ImageCors, origins=origins)
     _map_errors(app)
 
     @app.get("/health", tags=["service"])

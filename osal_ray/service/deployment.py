@@ -20,7 +20,7 @@ from ray import serve
 from ray.serve import Application
 
 from osal_ray.config import ExperimentConfig
-from osal_ray.service.api import MAX_BODY_BYTES, build_api
+from osal_ray.service.api import MAX_BODY_BYTES, build_api, image_origins
 from osal_ray.service.auth import load_token, token_digest
 from osal_ray.service.controller import RunController
 
@@ -42,7 +42,7 @@ class RunService:
         self.max_body_bytes = max_body_bytes
 
     def __serve_build_asgi_app__(self):
-        return build_api(self.controller, self.token_sha256, self.max_body_bytes)
+        return build_api(self.controller, self.token_sha256, self.max_body_bytes, image_origins(self.controller.config))
 
     def __del__(self) -> None:
         controller = getattr(self, "controller", None)
