@@ -39,6 +39,9 @@ def legacy_values(cls: type) -> dict[str, Any]:
     return {f.name: copy.deepcopy(f.metadata[LEGACY]) for f in dataclasses.fields(cls) if LEGACY in f.metadata}
 
 
+SKIP = "skip"  # the label of an unusable image (it leaves the pool, costs no budget); no class may take it
+
+
 @dataclass
 class DataConfig:
     """Which dataset, which classes are known, and how the open-set pool is built."""

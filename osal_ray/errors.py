@@ -39,6 +39,12 @@ def shown_error(exc: BaseException) -> str:
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
 
 
+def require(condition: bool, field: str, message: str) -> None:
+    """InputError(field, message) unless ``condition``: one check of one config key."""
+    if not condition:
+        raise InputError(field, message)
+
+
 class CorruptFile(InputError):
     """A file of a run's state on disk (a staged label file, request.json, state.json, a lock, ...) that
     cannot be read as what it must hold. ``field`` is the file's path and the message says what is

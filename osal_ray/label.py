@@ -14,11 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Mapping
-
+from osal_ray.annotation.staging import stage_labels
 from osal_ray.errors import InputError
-
-LabelItem = tuple[int, str | None, str | None, str]  # (row, key, path, label)
 
 
 def stage_label_file(output_dir: Path, label_file: Path) -> tuple[int, int, dict]:
@@ -32,42 +29,6 @@ def stage_label_file(output_dir: Path, label_file: Path) -> tuple[int, int, dict
     _check_run_dir(output_dir)
     return stage_labels(output_dir, lambda: read_label_file(label_file), str(label_file), str(label_file.resolve()),
                         purpose=f"osal_ray.label {label_file}")
-
-
-def stage_labels(output_dir: Path, read_items: Callable[[], list[LabelItem]], field: str, source: str,
-                 purpose: str = "", round_index: int | None = None,
-                 origins: Mapping[int, str] | None = None) -> tuple[int, int, dict]:
-    """Check labels against the open round of ``output_dir`` and stage them: the one path every label
-    takes (a CSV file, the HTTP API, Label Studio).
-
-    ``read_items`` gives ``(row, key, path, label)`` items (read under the output directory's lock);
-    ``field`` names the input in errors; ``source`` is recorded with the staged labels. With
-    ``round_index`` the labels must be for that round (a client that saw an older round is refused).
-    Returns (labels staged, round, the new status). InputError naming every bad row, and nothing
-    staged, on any problem. ``origins``: where a row's label was made, recorded with it (``labels.stage``).
-    """
-    from osal_ray.annotation.files import open_round, read_request, round_dir, waiting_status, write_audit, write_status
-    from osal_ray.annotation.labels import LabelSet, check_labels, stage, staged_submissions
-    from osal_ray.lock import OutputLock
-
-    with OutputLock.acquire(output_dir, purpose=purpose):
-        open_index = open_round(output_dir)
-        if open_index is None:
-            raise InputError("OUTPUT_DIR", f"{output_dir} is not waiting for labels (no open annotation round); "
-                                           "run the experiment command to query the next round")
-        if round_index is not None and round_index != open_index:
-            raise InputError("round", f"the open round is {open_index}, not {round_index}")
-        request = read_request(output_dir, open_index)
-        staged_submissions(round_dir(output_dir, open_index))  # a corrupt staged file stops us before writing anything
-        queried = {q["key"]: q.get("path") for q in request["queries"]}
-        labels = LabelSet(tuple(request["class_names"]), request["unknown_label"])
-        rows = check_labels(read_items(), queried, labels, field)
-        if rows:
-            stage(round_dir(output_dir, open_index), rows, source, origins)
-            write_audit(output_dir)
-        status = waiting_status(output_dir, open_index)
-        write_status(output_dir, status)
-        return len(rows), open_index, status
 
 
 def _check_run_dir(output_dir: Path) -> None:

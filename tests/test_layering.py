@@ -92,3 +92,63 @@ def test_strategies_import_neither_ray_nor_torch_at_module_level():
     assert modules
     bad = {module_name(p): names for p in modules if (names := offending(p, HEAVY, top_level_only=True))}
     assert not bad, f"strategies are pure numpy; import ray/torch inside the function that needs it: {bad}"
+
+
+# Every unit of the package (a subpackage or a top-level module), lowest first. A unit may import
+# only units of lower layers (any import, also inside a function): no circle and no upward arrow.
+# Units in one layer do not import each other.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors",),
+    ("config", "registry", "storage", "lock", "extras", "clustering", "runlog"),
+    ("params", "cluster"),
+    ("clip",),
+    ("data",),
+    ("models",),
+    ("training",),
+    ("strategies",),
+    ("scoring", "annotation"),
+    ("validation",),
+    ("experiment",),
+    ("sweep",),
+    ("service", "label", "examples"),
+    ("serve",),
+    ("run",),
+)
+
+
+def unit_of(module: str) -> str:
+    """``osal_ray.annotation.files`` -> ``annotation``; ``osal_ray.lock`` -> ``lock``; the package -> ''."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def package_imports() -> dict[str, set[str]]:
+    """unit -> the other units it imports, anywhere in its code."""
+    edges: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        module = module_name(path)
+        names = imported_modules(ast.parse(path.read_text(), filename=str(path)), module, path.name == "__init__.py", False)
+        for name in names:
+            if name.startswith("osal_ray.") and unit_of(name) != unit_of(module):
+                edges.setdefault(unit_of(module), set()).add(unit_of(name))
+    return edges
+
+
+def test_every_unit_of_the_package_has_a_layer():
+    units = {unit_of(module_name(p)) for p in PACKAGE.rglob("*.py")} - {""}
+    layered = {unit for layer in LAYERS for unit in layer}
+    assert units == layered, f"units without a layer: {sorted(units - layered)}; layers naming nothing: {sorted(layered - units)}"
+
+
+def test_no_unit_imports_its_own_layer_or_one_above():
+    rank = {unit: index for index, layer in enumerate(LAYERS) for unit in layer}
+    edges = package_imports()
+    upward = sorted(f"{a} -> {b}" for a, targets in edges.items() if a for b in targets if b and rank[b] >= rank[a])
+    assert not upward, f"imports that run up the layers (or across one): {upward}"
+
+
+def test_the_layer_check_sees_an_upward_arrow():
+    rank = {unit: index for index, layer in enumerate(LAYERS) for unit in layer}
+    tree = ast.parse("def later():\n    from osal_ray.experiment.runner import prepare_experiment\n")
+    names = imported_modules(tree, "osal_ray.annotation.files", False, top_level_only=False)
+    assert any(rank[unit_of(n)] >= rank["annotation"] for n in names if n.startswith("osal_ray."))

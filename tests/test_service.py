@@ -231,7 +231,7 @@ class _StubController:
         self.staged: list = []
 
     def status(self) -> dict:
-        from osal_ray.annotation.labels import staged_submissions
+        from osal_ray.annotation.staging import staged_submissions
 
         staged_submissions(self.output_dir / "annotation" / "round_001")
         return {"state": "waiting_for_labels"}
@@ -294,7 +294,7 @@ def test_odd_label_bodies_are_4xx_not_500(api):
 
 def test_images_and_only_images_answer_the_label_studio_origin(api):
     """Label Studio's page loads task images cross-origin: /images/ allows its origin, nothing else does."""
-    from osal_ray.service.auth import signed_image_url
+    from osal_ray.annotation.secret import signed_image_url
 
     client, controller = api
     url = signed_image_url("http://testserver", controller.output_dir, "a" * 64).removeprefix("http://testserver")

@@ -23,10 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from osal_ray import storage
-from osal_ray.annotation.labels import SKIP, LabelSet, merged_labels, read_records, staged_submissions, write_record
+from osal_ray.annotation.labels import LabelSet
+from osal_ray.annotation.staging import merged_labels, read_records, staged_submissions, write_record
 from osal_ray.data.pool import PoolManifest, read_catalog
 from osal_ray.errors import CorruptFile, InputError
-from osal_ray.experiment.oracle import Annotator, Correction, QueryRequest
+from osal_ray.annotation.backends import AnnotatorBackend, AnnotatorSetup, register_annotator
+from osal_ray.annotation.contract import SKIP, Annotator, Correction, QueryRequest
 
 ANNOTATION_DIR = "annotation"
 STATUS_FILE = "status.json"
@@ -211,6 +213,26 @@ class FilesAnnotator(Annotator):
 
 CORRECTION_FIX = ("corrections are the record of labels people changed after a round closed and are never changed "
                   "automatically: restore this file from a backup, or move it away to drop that correction")
+
+
+@register_annotator
+class FilesBackend(AnnotatorBackend):
+    """``oracle.kind: files``: people label from the round folder and stage CSV files (``osal_ray.label``)."""
+
+    name = "files"
+
+    def create(self, setup: AnnotatorSetup) -> list[Annotator]:
+        annotator = FilesAnnotator(setup.output_dir, setup.manifests, label_set(setup), setup.config.data.root)
+        return [annotator] * len(setup.manifests)  # every seed: the same people, the same folder
+
+    def where(self, output_dir: Path, config, status: dict) -> str:
+        return (f"open {status['contact_sheet']}, fill {status['labels_template']} and run: "
+                f"python -m osal_ray.label {output_dir} FILE.csv")
+
+
+def label_set(setup: AnnotatorSetup) -> LabelSet:
+    """The labels people may give in a run: its known classes, the unknown label, ``skip``."""
+    return LabelSet(tuple(setup.manifests[0].known_class_names()), setup.config.data.unknown_label)
 
 
 def read_corrections(output_dir: Path) -> list[dict]:

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Callable
 
 from osal_ray.annotation.files import CLOSED_FILE, REQUEST_FILE, FilesAnnotator, open_round, read_request, round_dir, stage_correction
-from osal_ray.annotation.labels import SKIP, LabelErrors, LabelSet, merged_labels, staged_submissions
+from osal_ray.annotation.backends import AnnotatorBackend, AnnotatorSetup, register_annotator
+from osal_ray.annotation.contract import SKIP, Annotator, QueryRequest
+from osal_ray.annotation.labels import LabelErrors, LabelSet
+from osal_ray.annotation.staging import merged_labels, staged_submissions
 from osal_ray.config import ExperimentConfig, LabelStudioConfig
 from osal_ray.data.pool import PoolManifest
-from osal_ray.errors import InputError
-from osal_ray.experiment.oracle import QueryRequest
+from osal_ray.errors import InputError, require, shown
 
 PROJECT_FILE = "label_studio.json"  # under annotation/: the project this run uses
 WEBHOOK_PATH = "/webhooks/label-studio"
@@ -45,11 +47,6 @@ def studio_client(settings: LabelStudioConfig):
 
     require_extra("label_studio_sdk", "oracle.kind", "oracle.kind: label_studio")
     return LabelStudioProject(settings.url, studio_token(settings))
-
-
-def check_label_studio(config: ExperimentConfig) -> None:
-    """Before any work: the SDK is installed, the server answers, the token is accepted."""
-    studio_client(config.label_studio).check()
 
 
 def project_title(config: ExperimentConfig) -> str:
@@ -76,7 +73,8 @@ class LabelStudioAnnotator(FilesAnnotator):
 
     def close(self, round_index: int) -> None:
         """Before the round is marked imported, show on its tasks the labels that came from elsewhere."""
-        if not (round_dir(self.output_dir, round_index) / CLOSED_FILE).is_file():
+        folder = round_dir(self.output_dir, round_index)
+        if (folder / REQUEST_FILE).is_file() and not (folder / CLOSED_FILE).is_file():
             client, project_id, _ = _round_project(self.output_dir, self.config, round_index)
             show_staged_labels(self.output_dir, client, project_id, round_index, self.log)
         super().close(round_index)
@@ -84,7 +82,7 @@ class LabelStudioAnnotator(FilesAnnotator):
     def image_url(self, sample: int, key: str) -> str:
         """Where Label Studio shows a queried image: the service's signed URL, else the image inlined."""
         if self.settings.service_url:
-            from osal_ray.service.auth import signed_image_url
+            from osal_ray.annotation.secret import signed_image_url
 
             return signed_image_url(self.settings.service_url, self.output_dir, key)
         return "data:image/png;base64," + base64.b64encode(self.image_bytes(sample)).decode()
@@ -118,7 +116,7 @@ def ensure_project(output_dir: Path, config: ExperimentConfig, labels: list[str]
         record.parent.mkdir(parents=True, exist_ok=True)
         storage.write_bytes(record, json.dumps(saved, indent=1).encode())
     if config.label_studio.service_url:
-        from osal_ray.service.auth import webhook_headers
+        from osal_ray.annotation.secret import webhook_headers
 
         client.ensure_webhook(project_id, config.label_studio.service_url.rstrip("/") + WEBHOOK_PATH, webhook_headers(output_dir))
     return client, project_id
@@ -217,7 +215,7 @@ def take_annotations(output_dir: Path, annotations: list, log: Callable[[str], N
 
 def stage_annotations(output_dir: Path, annotations: list, round_index: int, log: Callable[[str], None] = print) -> int:
     """Stage Label Studio annotations (``LabelStudioAnnotation``s) of ``round_index`` that change what is staged."""
-    from osal_ray.label import stage_labels
+    from osal_ray.annotation.staging import stage_labels
 
     staged = merged_labels(round_dir(output_dir, round_index))
     items, origins = [], {}
@@ -302,3 +300,103 @@ def wait_for_annotations(output_dir: Path, config: ExperimentConfig, log: Callab
             return
         time.sleep(min(config.label_studio.poll_seconds, max(0.0, deadline - time.monotonic())))
 
+
+@register_annotator
+class LabelStudioBackend(AnnotatorBackend):
+    """``oracle.kind: label_studio``: people label in a Label Studio project; annotations come back by
+    webhook (the service) and by polling."""
+
+    name = "label_studio"
+    takes_events = True
+
+    def validate(self, config: ExperimentConfig) -> None:
+        """The ``label_studio`` keys (the server itself is asked in ``check``)."""
+        import os
+        from urllib.parse import urlparse
+
+        studio = config.label_studio
+        for key in ("url", "service_url"):
+            value = getattr(studio, key)
+            if value is None:
+                continue
+            parsed = urlparse(value)
+            require(parsed.scheme in ("http", "https") and bool(parsed.netloc), f"label_studio.{key}",
+                    f"{shown(value)} is not an http(s) URL")
+        require(studio.url is not None, "label_studio.url", "give the Label Studio server's URL, e.g. http://127.0.0.1:8080")
+        require(bool(studio.token_env.strip()), "label_studio.token_env", "name the environment variable that holds the API token")
+        require(bool(os.environ.get(studio.token_env, "").strip()), "label_studio.token_env",
+                f"the environment variable {studio.token_env} is not set: export the Label Studio API token there")
+        if studio.project is not None:
+            require(3 <= len(studio.project.strip()) <= 50, "label_studio.project",
+                    f"{shown(studio.project)}: Label Studio project titles have 3 to 50 characters")
+        for origin in studio.cors_origins or []:
+            require(isinstance(origin, str) and web_origin(origin) == origin, "label_studio.cors_origins",
+                    f"{shown(origin)} is not a web origin (scheme://host[:port], no path, no '*')")
+        require(studio.wait_seconds >= 0, "label_studio.wait_seconds", "must be >= 0")
+        require(studio.poll_seconds > 0, "label_studio.poll_seconds", "must be positive")
+
+    def check(self, config: ExperimentConfig, source: object) -> None:
+        """The SDK is installed, the server answers, the token is accepted."""
+        studio_client(config.label_studio).check()
+
+    def create(self, setup: AnnotatorSetup) -> list[Annotator]:
+        from osal_ray.annotation.files import label_set
+
+        annotator = LabelStudioAnnotator(setup.output_dir, setup.manifests, label_set(setup), setup.config.data.root,
+                                         setup.config, setup.log)
+        return [annotator] * len(setup.manifests)
+
+    def before_run(self, output_dir: Path, config: ExperimentConfig, log: Callable[[str], None]) -> None:
+        """The open round's tasks imported again (a run may have stopped between publishing and importing),
+        then its annotations in (waiting ``label_studio.wait_seconds`` for the rest)."""
+        self.check(config, None)
+        round_index = open_round(output_dir)
+        if round_index is None:
+            return
+        push_round(output_dir, config, round_index, stored_image_url(config, output_dir), log)
+        wait_for_annotations(output_dir, config, log)
+
+    def sync(self, output_dir: Path, config: ExperimentConfig, log: Callable[[str], None]) -> None:
+        sync_annotations(output_dir, config, log)
+
+    def poll_seconds(self, config: ExperimentConfig) -> float | None:
+        return config.label_studio.poll_seconds
+
+    def take_event(self, output_dir: Path, config: ExperimentConfig, payload: dict, log: Callable[[str], None]) -> int | None:
+        """A Label Studio webhook: only its task id is taken; the task is read back from Label Studio."""
+        from osal_ray.annotation.label_studio_api import webhook_task_id
+
+        task_id = webhook_task_id(payload)
+        return 0 if task_id is None else sync_task(output_dir, config, task_id, log)
+
+    def where(self, output_dir: Path, config: ExperimentConfig, status: dict) -> str:
+        return f"annotate them in Label Studio ({config.label_studio.url})"
+
+
+def stored_image_url(config: ExperimentConfig, output_dir: Path) -> Callable[[int, str], str]:
+    """Image URLs for tasks imported again before the pool is read: the service's, else the stored image inlined."""
+    if config.label_studio.service_url:
+        from osal_ray.annotation.secret import signed_image_url
+
+        return lambda sample, key: signed_image_url(config.label_studio.service_url, output_dir, key)
+    from osal_ray.annotation.images import pool_image_png
+    from osal_ray.data.pool import MANIFEST, read_manifest
+
+    manifests = [read_manifest(p.parent) for p in sorted((output_dir / "data").glob(f"*/{MANIFEST}"))]
+    return lambda sample, key: "data:image/png;base64," + base64.b64encode(pool_image_png(manifests, sample)).decode()
+
+
+def web_origin(url: str) -> str | None:
+    """The origin (``scheme://host[:port]``) of an http(s) URL, as browsers send it; None for anything else."""
+    from urllib.parse import urlparse
+
+    try:
+        parsed = urlparse(url)
+        port = parsed.port
+    except ValueError:
+        return None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or "*" in url:
+        return None
+    default = {"http": 80, "https": 443}[parsed.scheme]
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    return f"{parsed.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")

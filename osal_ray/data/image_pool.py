@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from osal_ray.config import DataConfig
+from osal_ray.config import SKIP, DataConfig
 from osal_ray.data.datasets import register_dataset
 from osal_ray.data.image_files import FileEntry, decode_file, key_to_id, list_files
 from osal_ray.data.pool import MANIFEST, PoolManifest, read_manifest
@@ -45,7 +45,6 @@ from osal_ray import storage
 from osal_ray.errors import CorruptFile, InputError, shown
 
 UNLABELED, LABELED, TEST = "unlabeled", "labeled", "test"
-SKIP_LABEL = "skip"
 INDEX_FILE = "index.parquet"
 SKIPPED_FILE = "skipped.csv"
 DUPLICATES_FILE = "duplicates.csv"
@@ -122,7 +121,7 @@ def check_class_names(labeled: Path, classes: list[str], unknown: str) -> None:
     """Refuse ``labeled/<class>`` folder names that people could not type back as a label: leading or
     trailing spaces, CSV-breaking characters, the reserved ``skip``, or names that differ only by case
     (from each other, from the unknown label or from ``skip``). InputError naming the folder."""
-    seen = {SKIP_LABEL.casefold(): SKIP_LABEL, unknown.casefold(): unknown}
+    seen = {SKIP.casefold(): SKIP, unknown.casefold(): unknown}
     for name in classes:
         folder = repr(str(labeled / name))
         if name != name.strip():
@@ -130,8 +129,8 @@ def check_class_names(labeled: Path, classes: list[str], unknown: str) -> None:
         if UNSAFE_NAME_CHARACTERS & set(name) or not name.isprintable():
             raise InputError("data.root", f"{folder}: a class folder name may not hold commas, quotes, tabs, line breaks or "
                                           "other control characters (it is a label in CSV files); rename it")
-        if name == SKIP_LABEL:
-            raise InputError("data.root", f"{folder}: '{SKIP_LABEL}' is reserved (a label for unusable images)")
+        if name == SKIP:
+            raise InputError("data.root", f"{folder}: '{SKIP}' is reserved (a label for unusable images)")
         clash = seen.get(name.casefold())
         if clash is not None:
             raise InputError("data.root", f"{folder}: differs from {clash!r} only by case (labels would be ambiguous); "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from osal_ray.experiment.oracle import UNKNOWN
+from osal_ray.annotation.contract import UNKNOWN
 from osal_ray.strategies import PoolScores, Selection
 
 PROBABILITY_COLUMN = "probs"

@@ -13,10 +13,10 @@ value) call these, and only these:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 from osal_ray import storage
+from osal_ray.annotation import annotator_backend
 from osal_ray.config import ExperimentConfig
 from osal_ray.data import ImagePoolSource, OpenSetSplit, SourceDataset, build_split, load_dataset
 from osal_ray.data.pool import MANIFEST, read_catalog, read_manifest
@@ -54,7 +54,7 @@ def check_data(config: ExperimentConfig, plans: dict[str, StrategyPlan],
         if sources is not None:
             sources[key] = source
     splits = check_splits(config, source, states)
-    check_oracle(config, source)
+    annotator_backend(config).check(config, source)
     check_clip_weights(config, plans)
     return CheckedData(source, splits)
 
@@ -86,21 +86,6 @@ def check_resume(config: ExperimentConfig, plans: dict[str, StrategyPlan]) -> di
             states[(name, seed)] = open_run_state(storage.join(run_location(root, name, seed), STATE_FILE), config,
                                                   plan_strategy(config, name), seed, shared_only=True)
     return states
-
-
-HUMAN_ORACLES = ("files", "label_studio")  # people label: the run stops after each selection until they have
-
-
-def is_human(config: ExperimentConfig) -> bool:
-    """Whether people label this run's queries (through files or Label Studio)."""
-    return oracle_kind(config) in HUMAN_ORACLES
-
-
-def oracle_kind(config: ExperimentConfig) -> str:
-    """``oracle.kind`` with ``auto`` resolved: files for ``image_pool``, simulated otherwise."""
-    if config.oracle.kind != "auto":
-        return config.oracle.kind
-    return "files" if config.data.dataset == ImagePoolSource.name else "simulated"
 
 
 def check_splits(config: ExperimentConfig, source: SourceDataset | ImagePoolSource,
@@ -144,23 +129,6 @@ def image_pool_candidates(config: ExperimentConfig, source: ImagePoolSource,
         return len(on_disk)
     catalog = read_catalog(read_manifest(pool))
     return len(on_disk) + min(sum(catalog.get(int(i), (None, None))[1] not in on_disk for i in ids) for ids in queried)
-
-
-def check_oracle(config: ExperimentConfig, source: SourceDataset | ImagePoolSource) -> None:
-    """A simulated annotator needs the truth: a labeled dataset, or an image pool's truth file; Label
-    Studio must answer and accept the token."""
-    if oracle_kind(config) == "label_studio":
-        from osal_ray.annotation.label_studio import check_label_studio
-
-        check_label_studio(config)
-        return
-    if oracle_kind(config) != "simulated" or not isinstance(source, ImagePoolSource):
-        return
-    if config.oracle.truth_file is None:
-        raise InputError("oracle.kind", "image_pool has no true labels to simulate an annotator with; use oracle.kind: files "
-                                        "(people label) or give oracle.truth_file (a CSV of key,label or path,label)")
-    if not Path(config.oracle.truth_file).is_file():
-        raise InputError("oracle.truth_file", f"no such file: {config.oracle.truth_file}")
 
 
 def check_clip_weights(config: ExperimentConfig, plans: dict[str, StrategyPlan]) -> None:

@@ -17,10 +17,11 @@ from osal_ray.data import ImagePoolSource, SourceDataset, materialize_pool
 from osal_ray.data.pool import PoolManifest
 from osal_ray.errors import InputError
 from osal_ray.experiment.concurrent import cluster_cpus, concurrency_limit, describe_error, run_concurrently
-from osal_ray.experiment.oracle import Annotator, QueryRequest, SimulatedOracle
+from osal_ray.annotation import AnnotatorSetup, annotator_backend
+from osal_ray.annotation.contract import Annotator, QueryRequest
 from osal_ray.experiment.outputs import plot_curves, rounds_frame, write_tables
 from osal_ray.experiment.plan import StrategyPlan, clip_embeddings_needed
-from osal_ray.experiment.preflight import check_config, check_data, check_resume, is_human, oracle_kind, run_location
+from osal_ray.experiment.preflight import check_config, check_data, check_resume, run_location
 from osal_ray.experiment.report import round_header, round_row, summary_table
 from osal_ray.experiment.state import RoundRecord, RunState, atomic_write_text, resumed_plan
 from osal_ray.experiment.trajectory import TrajectoryJob, run_trajectory
@@ -73,52 +74,33 @@ def prepare_experiment(config: ExperimentConfig, log: Callable[[str], None] = pr
 def _prepare(config: ExperimentConfig, plans: dict[str, StrategyPlan], output_dir: Path, lock: OutputLock,
              log: Callable[[str], None]) -> PreparedExperiment:
     states = check_resume(config, plans)
-    if is_human(config):
-        if oracle_kind(config) == "label_studio":
-            _sync_label_studio(config, output_dir, log)
-        waiting = _incomplete_round(output_dir, oracle_kind(config))
+    backend = annotator_backend(config)
+    if backend.human:
+        backend.before_run(output_dir, config, log)
+        waiting = _incomplete_round(output_dir, config)
         if waiting is not None:
             return PreparedExperiment(config, plans, output_dir, [], states, lock, waiting=waiting)
     checked = check_data(config, plans, states=states)
     source, splits = checked.source, checked.splits
     prepared = []
     if isinstance(source, SourceDataset):
-        for seed, split in zip(config.seeds, splits):
-            manifest = materialize_pool(source, split, output_dir / "data" / f"seed_{seed}", config.data.pool_files)
-            prepared.append(PreparedSeed(seed, manifest, SimulatedOracle.from_pool(manifest)))
+        manifests = [materialize_pool(source, split, output_dir / "data" / f"seed_{seed}", config.data.pool_files)
+                     for seed, split in zip(config.seeds, splits)]
+        annotators = backend.create(AnnotatorSetup(config, output_dir, manifests, log))
+        for seed, manifest, annotator in zip(config.seeds, manifests, annotators):
+            prepared.append(PreparedSeed(seed, manifest, annotator))
             known = ", ".join(manifest.known_class_names())
+            counted = f" ({annotator.num_known} known)" if annotator.num_known is not None else ""
             log(
                 f"seed {seed}: {config.data.dataset}, {config.data.protocol} protocol, known classes [{known}]; "
-                f"pool {manifest.num_pool} ({prepared[-1].annotator.num_known} known), initial {manifest.num_initial}, "
-                f"test {manifest.num_test}"
+                f"pool {manifest.num_pool}{counted}, initial {manifest.num_initial}, test {manifest.num_test}"
             )
     else:
         log(f"image_pool {source.root}: known classes [{', '.join(source.class_names)}], unknown label "
             f"{source.unknown_label!r}; {len(source.entries)} files listed")
     atomic_write_text(output_dir / "config.yaml", dump_config(config))
-    experiment = PreparedExperiment(config, plans, output_dir, prepared, states, lock,
-                                    source if isinstance(source, ImagePoolSource) else None)
-    if is_human(config) and prepared:
-        experiment.seeds = _with_files_annotator(experiment, [s.manifest for s in prepared], log)
-    return experiment
-
-
-def _with_files_annotator(experiment: PreparedExperiment, manifests: list[PoolManifest],
-                          log: Callable[[str], None]) -> list[PreparedSeed]:
-    """Every seed labeled by the same people through the same annotation folder (and Label Studio project)."""
-    from osal_ray.annotation.files import FilesAnnotator
-    from osal_ray.annotation.labels import LabelSet
-
-    config = experiment.config
-    names = manifests[0].known_class_names()
-    labels = LabelSet(tuple(names), config.data.unknown_label)
-    if oracle_kind(config) == "label_studio":
-        from osal_ray.annotation.label_studio import LabelStudioAnnotator
-
-        annotator = LabelStudioAnnotator(experiment.output_dir, manifests, labels, config.data.root, config, log)
-    else:
-        annotator = FilesAnnotator(experiment.output_dir, manifests, labels, config.data.root)
-    return [PreparedSeed(seed, manifest, annotator) for seed, manifest in zip(config.seeds, manifests)]
+    return PreparedExperiment(config, plans, output_dir, prepared, states, lock,
+                              source if isinstance(source, ImagePoolSource) else None)
 
 
 def with_stored_columns(config: ExperimentConfig, plans: dict[str, StrategyPlan], seed: PreparedSeed,
@@ -140,11 +122,8 @@ def materialize_seeds(prepared: PreparedExperiment, log: Callable[[str], None]) 
     manifest, report = materialize_image_pool(prepared.image_pool, prepared.output_dir / "data", prepared.output_dir, log)
     log(f"image_pool: {report.summary()}")
     manifests = [manifest] * len(config.seeds)
-    if is_human(config):
-        prepared.seeds = _with_files_annotator(prepared, manifests, log)
-    else:
-        oracle = SimulatedOracle.from_truth_file(manifest, config.oracle.truth_file)
-        prepared.seeds = [PreparedSeed(seed, manifest, oracle) for seed in config.seeds]
+    annotators = annotator_backend(config).create(AnnotatorSetup(config, prepared.output_dir, manifests, log))
+    prepared.seeds = [PreparedSeed(seed, manifest, annotator) for seed, annotator in zip(config.seeds, annotators)]
 
 
 def run_experiment(prepared: PreparedExperiment, log: Callable[[str], None] = print,
@@ -173,7 +152,7 @@ def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Calla
     if prepared.image_pool is not None:
         on_phase("preparing", f"reading the image pool {prepared.image_pool.root}")
         materialize_seeds(prepared, log)
-    human = is_human(config)
+    human = annotator_backend(config).human
     states: dict[tuple[str, int], RunState] = {k: v for k, v in prepared.states.items() if v is not None}
     result: dict[str, Any] = {}
 
@@ -294,36 +273,7 @@ def _catalogs(prepared: PreparedExperiment) -> list[PoolManifest]:
     return [seed.manifest for seed in prepared.seeds]
 
 
-def _sync_label_studio(config: ExperimentConfig, output_dir: Path, log: Callable[[str], None]) -> None:
-    """Bring the open round's Label Studio annotations in (waiting ``label_studio.wait_seconds`` for
-    the rest); its tasks are imported again first, in case a run stopped between the two."""
-    from osal_ray.annotation.files import open_round
-    from osal_ray.annotation.label_studio import check_label_studio, push_round, wait_for_annotations
-
-    check_label_studio(config)  # the server answers and takes the token, before anything else
-    round_index = open_round(output_dir)
-    if round_index is None:
-        return
-    push_round(output_dir, config, round_index, _stored_image_url(config, output_dir), log)
-    wait_for_annotations(output_dir, config, log)
-
-
-def _stored_image_url(config: ExperimentConfig, output_dir: Path) -> Callable[[int, str], str]:
-    """Image URLs for tasks imported again before the pool is read: the service's, else the stored image inlined."""
-    if config.label_studio.service_url:
-        from osal_ray.service.auth import signed_image_url
-
-        return lambda sample, key: signed_image_url(config.label_studio.service_url, output_dir, key)
-    import base64
-
-    from osal_ray.annotation.images import pool_image_png
-    from osal_ray.data.pool import MANIFEST, read_manifest
-
-    manifests = [read_manifest(p.parent) for p in sorted((output_dir / "data").glob(f"*/{MANIFEST}"))]
-    return lambda sample, key: "data:image/png;base64," + base64.b64encode(pool_image_png(manifests, sample)).decode()
-
-
-def _incomplete_round(output_dir: Path, oracle: str) -> str | None:
+def _incomplete_round(output_dir: Path, config: ExperimentConfig) -> str | None:
     """What is missing, when a published round still lacks labels (status.json says so too); else None."""
     from osal_ray.annotation.files import open_round, waiting_status, write_status
 
@@ -334,9 +284,9 @@ def _incomplete_round(output_dir: Path, oracle: str) -> str | None:
     if not status["missing"]:
         return None
     write_status(output_dir, status)
-    where = ("annotate them in Label Studio, then run this command again" if oracle == "label_studio" else
-             f"stage labels with: python -m osal_ray.label {output_dir} FILE.csv (template: {status['labels_template']})")
-    return f"round {round_index}: {status['missing']} of {status['queried']} queried images still need a label; nothing to do yet. {where}"
+    where = annotator_backend(config).where(output_dir, config, status)
+    return (f"round {round_index}: {status['missing']} of {status['queried']} queried images still need a label; "
+            f"nothing to do yet. To label them, {where}; then run this command again")
 
 
 def _publish(prepared: PreparedExperiment, states: dict[tuple[str, int], RunState], log: Callable[[str], None]) -> None:
@@ -364,16 +314,12 @@ def _publish(prepared: PreparedExperiment, states: dict[tuple[str, int], RunStat
 
 def _where_labels_go(prepared: PreparedExperiment, status: dict) -> str:
     """The line that tells people where the open round is labeled and what happens next."""
-    head = f"round {status['round']}: {status['queried']} images to label"
-    in_studio = prepared.seeds[0].annotator.kind == "label_studio"
-    if in_studio:
-        head += f" in Label Studio ({prepared.config.label_studio.url})"
-    else:
-        head += (f". Open {status['contact_sheet']}, fill {status['labels_template']} and run: "
-                 f"python -m osal_ray.label {prepared.output_dir} FILE.csv")
+    config = prepared.config
+    where = annotator_backend(config).where(prepared.output_dir, config, status)
+    head = f"round {status['round']}: {status['queried']} images to label: {where}"
     if not prepared.served:
         return f"{head}; then run this command again"
-    return f"{head}{'' if in_studio else ' (or POST /labels)'}; the service starts the next round once the last one is labeled"
+    return f"{head} (or POST /labels); the service starts the next round once the last one is labeled"
 
 
 def _as_tuple(values: list | None) -> tuple | None:

@@ -17,7 +17,7 @@ import numpy as np
 from osal_ray import storage
 from osal_ray.config import ClipConfig, DataConfig, DetectorConfig, ExperimentConfig, ModelConfig, TrainConfig, legacy_values
 from osal_ray.errors import CorruptFile, InputError, shown_error
-from osal_ray.experiment.oracle import UNKNOWN, Correction
+from osal_ray.annotation.contract import UNKNOWN, Correction
 from osal_ray.experiment.plan import StrategyPlan, plan_strategy
 
 STATE_FILE = "state.json"

@@ -32,7 +32,7 @@ from osal_ray.experiment import metrics
 from osal_ray.experiment.networks import network_seed
 from osal_ray.experiment.plan import StrategyPlan
 from osal_ray.experiment.predictions import PROBABILITY_COLUMN, query_guesses
-from osal_ray.experiment.oracle import SKIPPED, UNKNOWN, Annotator
+from osal_ray.annotation.contract import SKIPPED, UNKNOWN, Annotator
 from osal_ray.experiment.state import STATE_FILE, PendingQuery, QueryRecord, RoundRecord, RunState, run_settings
 from osal_ray.scoring import score_pool
 from osal_ray.scoring.context import ScoringState, build_context

@@ -19,7 +19,8 @@ from pydantic import BaseModel, Field
 from osal_ray.annotation.labels import LabelErrors
 from osal_ray.config import ExperimentConfig
 from osal_ray.errors import MAX_SHOWN, CorruptFile, InputError
-from osal_ray.service.auth import bearer_matches, image_signature_ok, token_digest, webhook_token
+from osal_ray.annotation.secret import image_signature_ok, webhook_token
+from osal_ray.service.auth import bearer_matches, token_digest
 from osal_ray.service.controller import Conflict, NotFound, RunController
 
 MAX_BODY_BYTES = 1 << 20  # a label batch of ~10,000 rows
@@ -182,7 +183,7 @@ def _offline_docs(app: FastAPI) -> None:
 def image_origins(config: ExperimentConfig) -> frozenset[str]:
     """The web origins whose pages may load the service's images: ``label_studio.cors_origins``, else
     the origin of ``label_studio.url`` (none without Label Studio)."""
-    from osal_ray.validation import web_origin
+    from osal_ray.annotation.label_studio import web_origin
 
     studio = config.label_studio
     if studio.cors_origins is not None:

@@ -54,12 +54,14 @@ class RunController:
     """The service's run. ``start`` begins the background worker; every method is thread-safe."""
 
     def __init__(self, config: ExperimentConfig, log: Callable[[str], None] | None = None) -> None:
-        from osal_ray.experiment.preflight import check_config, oracle_kind
+        from osal_ray.annotation import annotator_backend
+        from osal_ray.experiment.preflight import check_config
 
         check_config(config)
         self.config = config
         self.output_dir = config.resolved_output_dir().resolve()
-        self.oracle = oracle_kind(config)
+        self.backend = annotator_backend(config)
+        self.oracle = self.backend.name
         self._print = log or (lambda line: logger.info(line))
         self._lock = OutputLock.acquire(self.output_dir, purpose=f"osal_ray.serve for {self.output_dir}")
         self._mutex = threading.RLock()  # the in-memory state below
@@ -122,7 +124,7 @@ class RunController:
     def queries(self, base_url: str = "") -> dict:
         """The open round's batch in rank order (``rank, key, path, score, strategy, seed, label, image_url``)."""
         from osal_ray.annotation.files import open_round, round_dir
-        from osal_ray.annotation.labels import merged_labels
+        from osal_ray.annotation.staging import merged_labels
 
         with self._mutex:
             state = self._state
@@ -146,7 +148,7 @@ class RunController:
     def stage(self, items: list[tuple[str, str]], source: str, round_index: int | None = None) -> dict:
         """Stage ``(key, label)`` pairs for the open round (all or nothing, ``LabelErrors`` naming
         every bad row); start the next round in the background once every query has a label."""
-        from osal_ray.label import stage_labels
+        from osal_ray.annotation.staging import stage_labels
 
         rows = [(number, key, None, label) for number, (key, label) in enumerate(items, start=1)]
         with self._staging:
@@ -155,31 +157,25 @@ class RunController:
             count, open_index, status = stage_labels(self.output_dir, lambda: rows, "labels", source, round_index=round_index)
             with self._mutex:
                 started = self._maybe_continue(status)
-        if count and not started and self.oracle == "label_studio":
-            self._wake.set()  # the worker shows these labels on their Label Studio tasks
+        if count and not started and self.backend.poll_seconds(self.config) is not None:
+            self._wake.set()  # the worker's next sync shows these labels in the labeling tool
         return {"staged": count, "round": open_index, "labeled": status["labeled"], "missing": status["missing"],
                 "next_round_started": started}
 
     def stage_webhook(self, payload: dict) -> dict:
-        """A Label Studio webhook: the task it names is read back from Label Studio and its newest
-        annotation staged (open round) or recorded as a correction (closed round). Only the task id is
-        taken from the body; other events are acknowledged and ignored."""
+        """A labeling tool's event (Label Studio's webhook): the backend reads what it names back from the
+        tool and stages it (open round) or records it as a correction (closed round)."""
         from osal_ray.annotation.files import open_round, waiting_status
-        from osal_ray.annotation.label_studio import sync_task
-        from osal_ray.annotation.label_studio_api import webhook_task_id
 
-        if self.oracle != "label_studio":
-            raise NotFound("this run is not labeled in Label Studio (oracle.kind is not label_studio)")
-        task_id = webhook_task_id(payload)
-        if task_id is None:
-            return {"staged": 0, "ignored": "not an annotation event"}
+        if not self.backend.takes_events:
+            raise NotFound(f"this run's annotator ({self.oracle}) takes no events (oracle.kind is not label_studio)")
         with self._staging:
             with self._mutex:
                 waiting = self._state == "waiting_for_labels"
             if not waiting:
                 self._wake.set()  # the worker's next poll after this round's work takes it
                 return {"staged": 0, "ignored": f"the run is {self._state}; the next poll takes the annotation"}
-            count = sync_task(self.output_dir, self.config, task_id, self._log)
+            count = self.backend.take_event(self.output_dir, self.config, payload, self._log) or 0
             round_index = open_round(self.output_dir)
             status = waiting_status(self.output_dir, round_index) if round_index is not None else {"missing": 0, "round": None}
             with self._mutex:
@@ -216,8 +212,8 @@ class RunController:
                 return
             with self._mutex:
                 waiting = self._state == "waiting_for_labels"
-            if waiting and self.oracle == "label_studio":
-                self._sync_label_studio()
+            if waiting and self.backend.poll_seconds(self.config) is not None:
+                self._sync()
             with self._mutex:
                 work = self._rescan_requested or self._state == "preparing" or (
                     self._state == "waiting_for_labels" and self._labels_complete())
@@ -275,17 +271,15 @@ class RunController:
                                  "skipped": len(report.skipped), "summary": report.summary()}
             self._set_state(self._settled_state(), "")
 
-    def _sync_label_studio(self) -> None:
-        from osal_ray.annotation.label_studio import sync_annotations
-
+    def _sync(self) -> None:
         try:
             with self._staging:
-                sync_annotations(self.output_dir, self.config, self._log)
-        except Exception as exc:  # noqa: BLE001  (Label Studio down: labels still come by the API and the next poll)
-            self._log(f"Label Studio poll failed: {exc}")
+                self.backend.sync(self.output_dir, self.config, self._log)
+        except Exception as exc:  # noqa: BLE001  (the tool is down: labels still come by the API and the next poll)
+            self._log(f"{self.oracle} poll failed: {exc}")
 
     def _idle_poll_seconds(self) -> float | None:
-        return self.config.label_studio.poll_seconds if self.oracle == "label_studio" else None
+        return self.backend.poll_seconds(self.config)
 
     # -- helpers ---------------------------------------------------------------------------------
 

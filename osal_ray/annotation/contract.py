@@ -1,4 +1,4 @@
-"""Who labels the queried samples: the annotator interface, and the simulated annotator.
+"""Who labels the queried samples: the label codes and the annotator contract every backend implements.
 
 Words used throughout: a *known* sample belongs to one of the K known classes (label 0..K-1);
 an *unknown* sample (out-of-distribution, OOD) belongs to none of them, and once labeled it joins
@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from osal_ray.data.pool import PoolManifest, pool_paths, read_labels
+from osal_ray.config import SKIP
+
+__all__ = ["SKIP", "SKIPPED", "UNKNOWN", "Annotator", "Correction", "QueryRequest"]
 
 UNKNOWN = -1  # answer for an out-of-distribution sample: it joins the invalid set
 SKIPPED = -2  # answer for an unusable image: it leaves the pool, costs no budget
@@ -86,63 +87,9 @@ class Annotator(ABC):
         """Labels people changed after their round closed, oldest first (none for a simulated annotator)."""
         return []
 
+    def close(self, round_index: int) -> None:
+        """Every trajectory has imported the round's answers: mark it done (people's rounds stay on record)."""
+
     @abstractmethod
     def answers(self, round_index: int, ids: np.ndarray) -> np.ndarray | None:
         """The labels of ``ids`` queried in ``round_index``, or None while some are still missing."""
-
-
-class SimulatedOracle(Annotator):
-    """Reveals true labels at once: known classes map to 0..K-1, every other class to ``UNKNOWN``."""
-
-    kind = "simulated"
-
-    def __init__(self, ids: np.ndarray, labels: np.ndarray, known_classes: tuple[int, ...]) -> None:
-        order = np.argsort(ids)
-        self._ids = np.asarray(ids, dtype=np.int64)[order]
-        self._labels = np.asarray(labels, dtype=np.int64)[order]
-        self.known_classes = tuple(known_classes)
-        lookup = np.full(max(int(self._labels.max(initial=0)) + 1, max(known_classes) + 1), UNKNOWN, dtype=np.int64)
-        lookup[list(known_classes)] = np.arange(len(known_classes))
-        valid = self._labels >= 0
-        self._known_index = np.full(len(self._labels), UNKNOWN, dtype=np.int64)
-        self._known_index[valid] = lookup[self._labels[valid]]
-
-    @classmethod
-    def from_pool(cls, manifest: PoolManifest) -> "SimulatedOracle":
-        """The truth stored with a labeled dataset's pool."""
-        ids, labels = read_labels(pool_paths(manifest))
-        return cls(ids, labels, manifest.known_classes)
-
-    @classmethod
-    def from_truth_file(cls, manifest: PoolManifest, path: str) -> "SimulatedOracle":
-        """The truth of an ``image_pool`` from a CSV of true labels (``key,label`` or ``path,label``)."""
-        from osal_ray.annotation.labels import read_truth_file
-
-        ids, labels = read_truth_file(manifest, Path(path))
-        return cls(ids, labels, manifest.known_classes)
-
-    @property
-    def has_truth(self) -> bool:
-        return True
-
-    @property
-    def num_known(self) -> int:
-        return int((self._known_index >= 0).sum())
-
-    def _positions(self, ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(ids, dtype=np.int64)
-        positions = np.searchsorted(self._ids, ids)
-        if len(ids) and (positions.max() >= len(self._ids) or not np.array_equal(self._ids[positions], ids)):
-            raise KeyError("asked to label ids that are not in the pool")
-        return positions
-
-    def reveal(self, ids: np.ndarray) -> np.ndarray:
-        """The original dataset labels of ``ids``."""
-        return self._labels[self._positions(ids)]
-
-    def known_index(self, ids: np.ndarray) -> np.ndarray:
-        """0..K-1 for known-class samples, ``UNKNOWN`` for the others."""
-        return self._known_index[self._positions(ids)]
-
-    def answers(self, round_index: int, ids: np.ndarray) -> np.ndarray:
-        return self.known_index(ids)
