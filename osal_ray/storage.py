@@ -7,12 +7,12 @@ stores write whole objects, which readers never see half-written.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import pyarrow.fs as pafs
 
@@ -69,41 +69,104 @@ def write_bytes(location: str | Path, data: bytes) -> None:
     parent = path.rsplit("/", 1)[0]
     filesystem.create_dir(parent, recursive=True)
     if isinstance(filesystem, pafs.LocalFileSystem):
-        tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"  # unique per writer thread
-        with _temporary(tmp, data):
-            os.replace(tmp, path)
+        write_file(Path(path), lambda tmp: tmp.write_bytes(data))
         return
     with filesystem.open_output_stream(path) as stream:
         stream.write(data)
+
+
+def write_file(path: Path, write: Callable[[Path], None]) -> None:
+    """Create or replace the local file ``path`` atomically with what ``write(tmp)`` writes (bytes, or a
+    library's writer: ``torch.save``, pyarrow, csv): a temporary file beside it, fsynced, renamed over
+    ``path``, the directory fsynced. A crash leaves the old file or the new one; on any error the
+    temporary file is removed and the error raised. The one way osal_ray writes a file in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")  # unique per writer thread
+    try:
+        write(tmp)
+        publish_file(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def publish_file(written: Path, path: Path) -> None:
+    """Move a completely written local file (a stream's output) over ``path``, durably: fsync, rename,
+    directory fsync. The second half of ``write_file``, for writers that stream into a file of their own."""
+    _fsync_file(written)
+    os.replace(written, path)
+    fsync_directory(path.parent)
 
 
 def write_new(path: Path, data: bytes) -> bool:
     """Write a new local file atomically, never replacing one: False (nothing written) when ``path``
     exists. On any error the temporary file is removed and the error raised."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    with _temporary(str(tmp), data):
+    try:
+        tmp.write_bytes(data)
+        _fsync_file(tmp)
         try:
             os.link(tmp, path)  # fails if the name exists
         except FileExistsError:
             return False
+    finally:
+        _remove(tmp)
+    fsync_directory(path.parent)
     return True
 
 
-@contextlib.contextmanager
-def _temporary(tmp: str, data: bytes) -> Iterator[None]:
-    """``data`` written and fsynced to ``tmp`` for the block to move or link; ``tmp`` is gone afterwards,
-    whatever happened (a full disk leaves no half-written file behind)."""
+def swap_directory(staging: Path, directory: Path) -> None:
+    """Put the fully written directory ``staging`` in the place of ``directory``: the old one renamed
+    aside, the new one renamed in, then the old one deleted. At every moment one complete version is
+    on disk: a crash between the two renames leaves the old one aside, and the next swap (or
+    ``recover_directory``) puts it back first."""
+    recover_directory(directory)
+    aside = _aside(directory)
+    if directory.exists():
+        os.replace(directory, aside)
+    os.replace(staging, directory)
+    fsync_directory(directory.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def recover_directory(directory: Path) -> None:
+    """Undo a swap a crash interrupted: the old version back where a reader looks, or a leftover deleted."""
+    aside = _aside(directory)
+    if not aside.exists():
+        return
+    if directory.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(aside, directory)
+
+
+def _aside(directory: Path) -> Path:
+    return directory.with_name(f".{directory.name}.old")
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or a new file in ``directory`` durable (best effort where the filesystem refuses)."""
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        yield
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
     finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def upload_directory(local: str | Path, location: str | Path) -> None:

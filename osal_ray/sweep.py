@@ -319,17 +319,17 @@ def _write_outputs(config: ExperimentConfig, table: pd.DataFrame, folder: Path, 
     stored = table.copy()
     for key in config.sweep.space:
         stored[key] = stored[key].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
-    stored.to_parquet(folder / "trials.parquet", index=False)
-    stored.to_csv(folder / "trials.csv", index=False)
+    storage.write_file(folder / "trials.parquet", lambda tmp: stored.to_parquet(tmp, index=False))
+    storage.write_file(folder / "trials.csv", lambda tmp: stored.to_csv(tmp, index=False))
     ok = table[table["status"] == "ok"]
     if len(ok):
         best = ok.iloc[0]
         values = {key: best[key] for key in config.sweep.space}
         values = {k: (v.item() if hasattr(v, "item") else v) for k, v in values.items()}
         best_config = variant_config(config.to_dict(), values)
-        (folder / "best_config.yaml").write_text(
+        storage.write_bytes(folder / "best_config.yaml", (
             f"# best of {len(ok)} finished trials by {config.sweep.metric} = {best['objective']:.4f}\n" + dump_config(best_config)
-        )
+        ).encode())
     _plot(table, list(config.sweep.space), config.sweep.metric, folder / "objective.png")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         log(table.drop(columns=["error"]).to_string(index=False))
@@ -357,5 +357,5 @@ def _plot(table: pd.DataFrame, keys: list[str], metric: str, path: Path) -> None
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    storage.write_file(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png"))
     plt.close(fig)

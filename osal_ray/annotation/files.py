@@ -16,7 +16,6 @@ import csv
 import html
 import io
 import json
-import os
 import time
 from pathlib import Path
 
@@ -166,13 +165,12 @@ class FilesAnnotator(Annotator):
             _write_text(folder / CLOSED_FILE, json.dumps({"imported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
 
     def _write_queries_csv(self, folder: Path, queries: list[dict]) -> None:
-        tmp = folder / ".queries.csv.tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["rank", "key", "path", "score", "strategy", "seed"])
-            for q in queries:
-                writer.writerow([q["rank"], q["key"], q["path"] or "", "" if q["score"] is None else f"{q['score']:.6g}", q["strategy"], q["seed"]])
-        os.replace(tmp, folder / "queries.csv")
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["rank", "key", "path", "score", "strategy", "seed"])
+        for q in queries:
+            writer.writerow([q["rank"], q["key"], q["path"] or "", "" if q["score"] is None else f"{q['score']:.6g}", q["strategy"], q["seed"]])
+        _write_text(folder / "queries.csv", out.getvalue())
 
     def image_bytes(self, sample: int) -> bytes:
         """The PNG thumbnail shown for a sample: its file while it still is the keyed content, else the pool's copy."""

@@ -90,7 +90,6 @@ def write_record(directory: Path, payload: dict, name: str, what: str = "the rec
     except OSError as exc:
         raise InputError(str(directory), f"cannot write {what} ({exc.strerror or exc}); {outcome}: "
                                          "free disk space or fix the permissions and submit them again") from None
-    _fsync_directory(directory)
     return target
 
 
@@ -107,19 +106,6 @@ def read_records(directory: Path, what: str, fix: str, problem: Callable[[dict],
         payload["file"] = path.name
         records.append(payload)
     return records
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 STAGED_FIX = ("staged files are the record of people's labels and are never changed automatically: restore this one "

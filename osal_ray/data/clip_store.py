@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from osal_ray import storage
 from osal_ray.config import ClipConfig, ScoringConfig
 from osal_ray.data.pool import MANIFEST, PoolManifest, decode_images, pool_paths, read_manifest, read_table, vector_column
 from osal_ray.data.ray_pass import actor_constructor_kwargs, actor_device, actor_map_options, read_pool, rows_per_block
@@ -114,8 +115,7 @@ def ensure_clip_embeddings(manifest: PoolManifest, clip: ClipConfig, scoring: Sc
         vector_columns={**manifest.vector_columns, EMBEDDING: dim},
     )
     (staging / MANIFEST).write_text(json.dumps(augmented.to_dict(), indent=1))
-    shutil.rmtree(directory, ignore_errors=True)
-    staging.rename(directory)
+    storage.swap_directory(staging, directory)
     return augmented
 
 
@@ -163,7 +163,7 @@ def _embed_missing(paths: list[str], store: Path, manifest: PoolManifest, clip: 
         _write_part_file(pending, writing, files)
     if progress is not None:
         progress(f"CLIP embeddings: {done} images in {time.perf_counter() - started:.1f}s")
-    writing.rename(store / name)
+    storage.swap_directory(writing, store / name)  # a new part: nothing to put aside
 
 
 def _write_part_file(tables: list[pa.Table], directory: Path, index: int) -> int:

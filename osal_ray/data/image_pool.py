@@ -23,10 +23,10 @@ files are gone are listed in ``absent_ids.npy`` and are no longer candidates.
 from __future__ import annotations
 
 import csv
+import io
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -300,7 +300,7 @@ def _decode(source: ImagePoolSource, entries: list[FileEntry], store: Path, stor
                 last = time.perf_counter()
                 log(f"image_pool: decoded {len(rows)}/{len(entries)} files ({len(rows) / (last - started):.0f}/s)")
     if written:
-        os.replace(writing, part)
+        storage.publish_file(writing, part)
     else:
         writing.unlink()
     _check_id_collisions(store)
@@ -331,7 +331,7 @@ def _channels(source: ImagePoolSource, store: Path, samples: list[dict]) -> int:
     parts = sorted(store.glob("images-*.parquet"))
     flags = pq.read_table(parts, columns=["key", "gray"]).to_pylist()
     channels = 1 if all(row["gray"] for row in flags if row["key"] in keys) else 3
-    decided.write_text(json.dumps({"channels": channels}))
+    storage.write_bytes(decided, json.dumps({"channels": channels}).encode())
     return channels
 
 
@@ -373,9 +373,7 @@ def _write_pool(source: ImagePoolSource, store: Path, samples: list[dict], direc
         num_pool=len(keys), num_initial=len(initial), num_test=len(test_keys), fingerprint=fingerprint,
     )
     (staging / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=1))
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(staging, directory)
+    storage.swap_directory(staging, directory)
     return manifest
 
 
@@ -451,19 +449,15 @@ def _write_rows(path: Path, keys: list[str], paths: list[str], labels: list[int]
 
 
 def _write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    storage.write_bytes(path, out.getvalue().encode("utf-8"))
 
 
 def _write_table_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    storage.write_file(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def read_absent_ids(manifest: PoolManifest) -> np.ndarray:

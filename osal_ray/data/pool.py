@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from osal_ray import storage
 from osal_ray.data.datasets import ImageSplit, SourceDataset
 from osal_ray.data.splits import OpenSetSplit
 
@@ -124,9 +123,7 @@ def materialize_pool(source: SourceDataset, split: OpenSetSplit, directory: Path
     )
     np.save(staging / "initial_ids.npy", split.initial_ids)
     (staging / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=1))
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(staging, directory)
+    storage.swap_directory(staging, directory)
     return manifest
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -45,9 +44,7 @@ def save_network(model: torch.nn.Module, spec: NetworkSpec, path: Path) -> None:
     """Write the network's weights and spec atomically to ``path``."""
     module = getattr(model, "module", model)  # unwrap DistributedDataParallel
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, "spec": asdict(spec), "state_dict": state}, tmp)
-    os.replace(tmp, path)
+    storage.write_file(path, lambda tmp: torch.save({"format": FORMAT, "spec": asdict(spec), "state_dict": state}, tmp))
 
 
 def load_network(path: str | Path, expected: NetworkSpec | None = None, field_name: str = "checkpoint",

@@ -6,7 +6,6 @@ object store: each worker reads its labeled rows from the Parquet pool itself.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from osal_ray import storage
 from osal_ray.config import TrainConfig
 from osal_ray.errors import NON_FINITE_MARKER
 from osal_ray.params import Params
@@ -235,9 +235,7 @@ def _report(session, job: TrainJob, model, optimizer, scheduler, epoch: int, met
 def _write_checkpoint(folder: Path, job: TrainJob, model, optimizer, scheduler, epoch: int) -> None:
     save_network(model, job.spec, folder / MODEL_FILE)
     state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-    tmp = folder / (TRAIN_STATE_FILE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, folder / TRAIN_STATE_FILE)
+    storage.write_file(folder / TRAIN_STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
 def _restore(folder: Path, spec: NetworkSpec, model, optimizer, scheduler) -> int:
