@@ -13,11 +13,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import yaml
 
-from osal_ray.errors import InputError, shown, shown_error
+from osal_ray.errors import InputError, require, shown, shown_error
 
 LEGACY = "legacy"  # field metadata: the value a key had, in effect, before it existed
 
@@ -40,9 +40,28 @@ def legacy_values(cls: type) -> dict[str, Any]:
 
 
 SKIP = "skip"  # the label of an unusable image (it leaves the pool, costs no budget); no class may take it
+UNSAFE_NAME_CHARACTERS = frozenset(',"\r\n\t')  # a label is a cell of a CSV file people edit: none of these in it
+MAX_SEED = 2**32 - 1  # numpy's SeedSequence entropy words and torch.manual_seed take seeds of 32 bits here
+MAX_LR = 1e6  # beyond this SGD steps overflow float32 (inf weights, not a clean divergence); below, a diverging run stops cleanly
+
+# Allowed values, declared once: loading refuses anything else, naming the key (``_coerce``).
+Protocol = Literal["mismatch", "ood_ratio"]
+ClassWeights = Literal["auto", "none", "inverse_frequency"]
+WeightReduction = Literal["weighted_mean", "mean"]
+KeepCheckpoints = Literal["last", "all"]
+ScoringMode = Literal["auto", "resident", "streaming"]
+ParquetReader = Literal["auto", "v1", "v2"]
+Searcher = Literal["grid", "random", "optuna"]
+Scheduler = Literal["fifo", "asha"]
+SummaryMetric = Literal["aubc", "last_accuracy", "final_recall", "mean_precision"]
 
 
-@dataclass
+def allowed(alias: Any) -> tuple[Any, ...]:
+    """The values a ``Literal`` alias allows, in declared order."""
+    return typing.get_args(alias)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Which dataset, which classes are known, and how the open-set pool is built."""
 
@@ -50,7 +69,7 @@ class DataConfig:
     root: str | None = None
     download: bool = False
     verify_checksums: bool = True
-    protocol: str = "mismatch"
+    protocol: Protocol = "mismatch"
     known_classes: int | list[int] | list[str] | None = field(default_factory=lambda: [3, 8])
     mismatch_ratio: float | None = None
     initial_fraction: float = 0.05
@@ -66,8 +85,32 @@ class DataConfig:
     unknown_label: str = added_later("unknown", legacy="unknown")  # image_pool came with these two
     channels: int | None = added_later(None, legacy=None)
 
+    def check(self) -> None:
+        """Each key's range (names that need a registry are checked in ``osal_ray.validation``)."""
+        if self.mismatch_ratio is not None:
+            require(0.0 < self.mismatch_ratio < 1.0, "data.mismatch_ratio", f"{self.mismatch_ratio} must be in (0, 1)")
+        if isinstance(self.known_classes, int):
+            require(self.known_classes >= 2, "data.known_classes", f"{self.known_classes}: need at least 2 known classes")
+        elif isinstance(self.known_classes, list):
+            require(len(self.known_classes) >= 2, "data.known_classes", "list at least 2 known classes")
+        require(0.0 < self.initial_fraction <= 1.0, "data.initial_fraction", f"{self.initial_fraction} must be in (0, 1]")
+        require(self.initial_size >= 1, "data.initial_size", "must be at least 1")
+        require(0.0 <= self.ood_ratio < 1.0, "data.ood_ratio", f"{self.ood_ratio} must be in [0, 1)")
+        require(0.0 < self.test_fraction < 1.0, "data.test_fraction", f"{self.test_fraction} must be in (0, 1)")
+        require(0.0 < self.train_fraction <= 1.0, "data.train_fraction", f"{self.train_fraction} must be in (0, 1]")
+        require(self.image_size >= 8, "data.image_size", "must be at least 8 pixels")
+        require(self.pool_files >= 1, "data.pool_files", "must be at least 1")
+        require(self.num_samples >= 100, "data.num_samples", "must be at least 100 (synthetic dataset)")
+        require(self.num_classes >= 3, "data.num_classes", "must be at least 3 (synthetic dataset)")
+        label = self.unknown_label
+        require(bool(label.strip()) and label.casefold() != SKIP, "data.unknown_label",
+                f"{shown(label)}: give a folder/label name other than {SKIP!r} (reserved for unusable images)")
+        require(label == label.strip() and label.isprintable() and not UNSAFE_NAME_CHARACTERS & set(label), "data.unknown_label",
+                f"{shown(label)}: no leading or trailing spaces, commas, quotes or control characters (it is a label in CSV files)")
+        require(self.channels in (None, 1, 3), "data.channels", f"{self.channels}: 1 (grayscale), 3 (colour) or null (decided from the images)")
 
-@dataclass
+
+@dataclass(frozen=True)
 class OracleConfig:
     """Who labels the queries: ``simulated`` (the ground truth) or ``files`` (people, through CSV files).
 
@@ -79,7 +122,7 @@ class OracleConfig:
     truth_file: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class LabelStudioConfig:
     """Label Studio as the annotators' front end (``oracle.kind: label_studio``).
 
@@ -102,15 +145,19 @@ class LabelStudioConfig:
     poll_seconds: float = 10.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class ALConfig:
     """The active-learning schedule: number of query rounds and labels bought per round."""
 
     rounds: int = 5
     budget: int = 20
 
+    def check(self) -> None:
+        require(self.rounds >= 1, "al.rounds", "must be at least 1")
+        require(self.budget >= 1, "al.budget", "must be at least 1")
 
-@dataclass
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Architectures from the model registry; ``kwargs`` go to their constructors."""
 
@@ -119,7 +166,7 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """How every network is trained each round (SGD with a step schedule, on Ray Train)."""
 
@@ -137,19 +184,35 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     checkpoint_every: int = 0
     max_failures: int = 2
-    keep_checkpoints: str = "last"
+    keep_checkpoints: KeepCheckpoints = "last"
+
+    def check(self) -> None:
+        require(self.epochs >= 1, "train.epochs", "must be at least 1")
+        require(self.batch_size >= 1, "train.batch_size", "must be at least 1")
+        require(0 < self.lr <= MAX_LR, "train.lr", f"{shown(self.lr)}: must be in (0, {MAX_LR:g}] (larger steps overflow training)")
+        require(0.0 <= self.momentum < 1.0, "train.momentum", "must be in [0, 1)")
+        require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        require(self.lr_step >= 1, "train.lr_step", "must be at least 1")
+        require(0.0 < self.lr_gamma <= 1.0, "train.lr_gamma", "must be in (0, 1]")
+        require(self.num_workers >= 0, "train.num_workers", "must be >= 0 (0 trains in the driver process)")
+        require(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be positive")
+        require(self.max_failures >= 0, "train.max_failures", "must be >= 0 (0: a failed training worker fails the round)")
+        require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0: only the final checkpoint)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DetectorConfig:
     """The K+1-way detector of LfOSA and JSOSAL (trained only when a strategy needs it)."""
 
     temperature: float = 0.5
-    class_weights: str = "auto"
-    class_weight_reduction: str = added_later("weighted_mean", legacy="weighted_mean")  # PyTorch's, as before
+    class_weights: ClassWeights = "auto"
+    class_weight_reduction: WeightReduction = added_later("weighted_mean", legacy="weighted_mean")  # PyTorch's, as before
+
+    def check(self) -> None:
+        require(self.temperature > 0, "detector.temperature", "must be positive")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClipConfig:
     """The CLIPN model of VLPure-AL and of the ``clip_linear`` classifier (open_clip architectures)."""
 
@@ -162,8 +225,14 @@ class ClipConfig:
     templates: list[str] | None = None
     batch_size: int = 256
 
+    def check(self) -> None:
+        require(self.batch_size >= 1, "clip.batch_size", "must be at least 1")
+        if self.templates is not None:
+            require(bool(self.templates) and all("{}" in t for t in self.templates), "clip.templates",
+                    "each template needs a {} for the class name")
 
-@dataclass
+
+@dataclass(frozen=True)
 class ScoringConfig:
     """The actors that score the unlabeled pool each round.
 
@@ -173,7 +242,7 @@ class ScoringConfig:
     and the pool fits a quarter of its memory, else streaming.
     """
 
-    mode: str = "auto"
+    mode: ScoringMode = "auto"
     num_actors: int = 1
     max_actors: int | None = None
     cpus_per_actor: float = 0.5
@@ -181,10 +250,20 @@ class ScoringConfig:
     gpus_per_actor: float = 0.0
     resources_per_actor: dict[str, float] = field(default_factory=dict)
     batch_size: int = 512
-    parquet_reader: str = "auto"
+    parquet_reader: ParquetReader = "auto"
+
+    def check(self) -> None:
+        require(self.num_actors >= 1, "scoring.num_actors", "must be at least 1")
+        if self.max_actors is not None:
+            require(self.max_actors >= self.num_actors, "scoring.max_actors", f"must be >= scoring.num_actors ({self.num_actors})")
+        require(self.cpus_per_actor > 0, "scoring.cpus_per_actor", "must be positive (fractions such as 0.5 are allowed)")
+        require(self.gpus_per_actor >= 0, "scoring.gpus_per_actor", "must be >= 0")
+        require(self.cpus_per_read > 0, "scoring.cpus_per_read", "must be positive (a fraction keeps reads from starving actors)")
+        require(self.batch_size >= 1, "scoring.batch_size", "must be at least 1")
+        require(all(v > 0 for v in self.resources_per_actor.values()), "scoring.resources_per_actor", "amounts must be positive")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepConfig:
     """A Ray Tune sweep over any config keys; each trial is a full active-learning experiment.
 
@@ -194,19 +273,29 @@ class SweepConfig:
     """
 
     space: dict[str, dict[str, Any]] = field(default_factory=dict)
-    searcher: str = "grid"
-    metric: str = "aubc"
+    searcher: Searcher = "grid"
+    metric: SummaryMetric = "aubc"
     metric_strategy: str | None = None
     num_samples: int = 1
     max_concurrent_trials: int = 1
     trial_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 0.25})
     seed: int = 0
-    scheduler: str = "fifo"
+    scheduler: Scheduler = "fifo"
     grace_period: int = 2
     reduction_factor: float = 3.0
 
+    def check(self) -> None:
+        """The search's own keys (the swept values are checked against the config in ``osal_ray.sweep``)."""
+        require(0 <= self.seed <= MAX_SEED, "sweep.seed", f"{shown(self.seed)}: must be in 0 .. {MAX_SEED}")
+        require(self.grace_period >= 1, "sweep.grace_period", "grace_period must be >= 1 round, reduction_factor > 1")
+        require(self.reduction_factor > 1, "sweep.reduction_factor", "grace_period must be >= 1 round, reduction_factor > 1")
+        require(self.num_samples >= 1, "sweep.num_samples", "must be at least 1")
+        require(self.max_concurrent_trials >= 1, "sweep.max_concurrent_trials", "must be at least 1")
+        require(bool(self.trial_resources) and all(v >= 0 for v in self.trial_resources.values()), "sweep.trial_resources",
+                "give non-negative amounts, e.g. {CPU: 0.25}")
 
-@dataclass
+
+@dataclass(frozen=True)
 class RayConfig:
     """Where Ray runs: an address (or RAY_ADDRESS) joins a cluster, else Ray starts embedded."""
 
@@ -214,8 +303,13 @@ class RayConfig:
     num_cpus: int | None = None
     object_store_memory_mb: int = 512
 
+    def check(self) -> None:
+        if self.num_cpus is not None:
+            require(self.num_cpus >= 1, "ray.num_cpus", "must be at least 1")
+        require(self.object_store_memory_mb >= 78, "ray.object_store_memory_mb", "Ray needs at least 78 MB")
 
-@dataclass
+
+@dataclass(frozen=True)
 class ExecutionConfig:
     """How the (strategy, seed) trajectories share the cluster.
 
@@ -233,8 +327,17 @@ class ExecutionConfig:
     cpus_per_trajectory: float = 0.1
     torch_threads: int | None = None
 
+    def check(self) -> None:
+        if self.max_concurrent_trajectories is not None:
+            require(self.max_concurrent_trajectories >= 1, "execution.max_concurrent_trajectories",
+                    "must be at least 1 (1: one trajectory after the other in the driver; null: as many as the cluster holds)")
+        require(self.cpus_per_trajectory >= 0, "execution.cpus_per_trajectory",
+                "must be >= 0 (a fraction such as 0.1: the trajectory's work reserves its own CPUs)")
+        if self.torch_threads is not None:
+            require(self.torch_threads >= 1, "execution.torch_threads", "must be at least 1 (null: torch's default, every core)")
 
-@dataclass
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """A full experiment: every strategy x seed runs the same rounds on the same splits."""
 
@@ -256,6 +359,22 @@ class ExperimentConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+
+    def check(self) -> None:
+        """Every section's own checks and the top-level keys' (one check per key, in its section);
+        names that need a registry (datasets, strategies, models, annotators) are ``osal_ray.validation``'s."""
+        import re
+
+        require(bool(re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name)), "name", f"{shown(self.name)} must be letters, digits, '_', '-' or '.'")
+        require(bool(self.seeds), "seeds", "give at least one seed")
+        require(len(set(self.seeds)) == len(self.seeds), "seeds", f"repeated seeds in {shown(self.seeds)}")
+        outside = [s for s in self.seeds if not 0 <= s <= MAX_SEED]
+        require(not outside, "seeds", f"{shown(outside[:1])}: seeds must be in 0 .. {MAX_SEED} (numpy seeds)")
+        require(len(set(self.strategies)) == len(self.strategies), "strategies", f"repeated strategies in {shown(self.strategies)}")
+        for section in dataclasses.fields(self):
+            value = getattr(self, section.name)
+            if dataclasses.is_dataclass(value) and hasattr(value, "check"):
+                value.check()
 
     def resolved_output_dir(self) -> Path:
         """The output directory, ``outputs/<name>`` unless set."""
@@ -394,6 +513,11 @@ def _coerce(annotation: Any, value: Any, path: str) -> Any:
             raise InputError(path, f"expected a mapping, got {shown(value)}")
         _, value_type = typing.get_args(annotation)
         return {str(k): _coerce(value_type, v, f"{path}.{k}") for k, v in value.items()}
+    if origin is Literal:
+        options = typing.get_args(annotation)
+        if value not in options or isinstance(value, bool) != any(isinstance(o, bool) for o in options):
+            raise InputError(path, f"{shown(value)} is not one of {', '.join(map(str, options))}")
+        return value
     if annotation is Any:
         return value
     if annotation is bool:

@@ -9,6 +9,8 @@ Bad input exits with code 2 and a message naming the field, before Ray starts.
 
 from __future__ import annotations
 
+import dataclasses
+
 import argparse
 import sys
 from typing import TYPE_CHECKING
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.overrides)
         if args.output_dir:
-            config.output_dir = args.output_dir
+            config = dataclasses.replace(config, output_dir=args.output_dir)
         if is_sweep(config):
             from osal_ray.sweep import check_sweep
 

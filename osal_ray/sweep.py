@@ -27,8 +27,6 @@ from osal_ray.config import ExperimentConfig, config_from_dict, dump_config, set
 from osal_ray.errors import InputError
 from osal_ray.experiment.outputs import SUMMARY_METRICS
 
-SEARCHERS = ("grid", "random", "optuna")
-SCHEDULERS = ("fifo", "asha")
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SHORTHANDS = {"seed": "seeds", "strategy": "strategies"}
 
@@ -83,25 +81,13 @@ def validate_sweep(config: ExperimentConfig) -> None:
 
 
 def _check_sweep_settings(config: ExperimentConfig) -> None:
-    """Searcher, scheduler, metric, resources and the shape of every swept key's values."""
+    """The optuna extra where it searches, and the shape of every swept key's values (the search's own
+    keys check themselves: ``SweepConfig.check``)."""
     sweep = config.sweep
-    if sweep.searcher not in SEARCHERS:
-        raise InputError("sweep.searcher", f"{sweep.searcher!r} is not one of {', '.join(SEARCHERS)}")
     if sweep.searcher == "optuna":
         from osal_ray.extras import require_extra
 
         require_extra("optuna", "sweep.searcher", "the optuna searcher")
-    if sweep.scheduler not in SCHEDULERS:
-        raise InputError("sweep.scheduler", f"{sweep.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
-    if sweep.grace_period < 1 or sweep.reduction_factor <= 1:
-        raise InputError("sweep.grace_period" if sweep.grace_period < 1 else "sweep.reduction_factor",
-                         "grace_period must be >= 1 round, reduction_factor > 1")
-    if sweep.metric not in SUMMARY_METRICS:
-        raise InputError("sweep.metric", f"{sweep.metric!r} is not one of {', '.join(SUMMARY_METRICS)}")
-    if sweep.num_samples < 1 or sweep.max_concurrent_trials < 1:
-        raise InputError("sweep.num_samples" if sweep.num_samples < 1 else "sweep.max_concurrent_trials", "must be at least 1")
-    if not sweep.trial_resources or any(v < 0 for v in sweep.trial_resources.values()):
-        raise InputError("sweep.trial_resources", "give non-negative amounts, e.g. {CPU: 0.25}")
     for key, spec in sweep.space.items():
         _representatives(key, spec)
         if sweep.searcher == "optuna" and "grid" in spec:

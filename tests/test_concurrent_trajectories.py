@@ -3,6 +3,8 @@ per trajectory, a failure that stays with its trajectory, and a readable stdout.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import pandas as pd
@@ -63,9 +65,9 @@ def test_auto_runs_as_many_as_the_cluster_holds_and_never_more_than_there_are():
     assert concurrency_limit(config, 12, cluster_cpus=2, resident=True, torch_threads=1) == 2
     assert concurrency_limit(config, 3, cluster_cpus=16) == 3
     assert concurrency_limit(config, 12, cluster_cpus=0.5) == 1
-    config.train.num_workers, config.train.cpus_per_worker = 2, 1.0  # training with workers holds 2 CPUs
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, num_workers=2, cpus_per_worker=1.0))  # 2 CPUs
     assert concurrency_limit(config, 12, cluster_cpus=8) == 3
-    config.execution.max_concurrent_trajectories = 5
+    config = dataclasses.replace(config, execution=dataclasses.replace(config.execution, max_concurrent_trajectories=5))
     assert concurrency_limit(config, 12, cluster_cpus=2) == 5  # a given bound is taken as given
     assert concurrency_limit(config, 2, cluster_cpus=2) == 2
 

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from osal_ray.config import SKIP, DataConfig
+from osal_ray.config import SKIP, UNSAFE_NAME_CHARACTERS, DataConfig
 from osal_ray.data.datasets import register_dataset
 from osal_ray.data.image_files import FileEntry, decode_file, key_to_id, list_files
 from osal_ray.data.pool import MANIFEST, PoolManifest, read_manifest
@@ -114,7 +114,6 @@ def load_image_pool(config: DataConfig) -> ImagePoolSource:
 
 
 # Characters a class name (a label people type, a CSV cell) may not hold: CSV's separators and quotes, line breaks.
-UNSAFE_NAME_CHARACTERS = frozenset(',"\r\n\t')
 
 
 def check_class_names(labeled: Path, classes: list[str], unknown: str) -> None:

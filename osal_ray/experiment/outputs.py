@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from osal_ray import storage
+from osal_ray.config import SummaryMetric, allowed
 from osal_ray.experiment import metrics
 from osal_ray.experiment.state import RunState, atomic_write_text
 
@@ -24,7 +25,7 @@ ROUND_COLUMNS = [
 ]
 QUERY_COLUMNS = ["strategy", "seed", "round", "id", "key", "path", "score", "label", "known", "skipped"]
 # Per strategy and seed in summary.json (and their mean and std over seeds).
-SUMMARY_METRICS = ("aubc", "last_accuracy", "final_recall", "mean_precision")
+SUMMARY_METRICS = allowed(SummaryMetric)
 
 
 def rounds_frame(states: Iterable[RunState]) -> pd.DataFrame:

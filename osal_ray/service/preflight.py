@@ -3,6 +3,8 @@ that no other process works in its output directory."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from osal_ray.config import ExperimentConfig, load_config
 from osal_ray.errors import InputError
 
@@ -16,7 +18,7 @@ def check_service_config(config_path: str | None, overrides: list[str], output_d
 
     config = load_config(config_path, overrides)
     if output_dir:
-        config.output_dir = output_dir
+        config = dataclasses.replace(config, output_dir=output_dir)
     if is_sweep(config):
         raise InputError("sweep", "the service runs one experiment; run sweeps with python -m osal_ray.run")
     plans = check_config(config)

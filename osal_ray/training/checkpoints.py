@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from osal_ray import storage
+from osal_ray.config import KeepCheckpoints, allowed
 from osal_ray.errors import InputError
 from osal_ray.models import create_model
 from osal_ray.models.heads import attach_head
@@ -16,7 +17,7 @@ from osal_ray.models.heads import attach_head
 FORMAT = "osal_ray.network/1"
 MODEL_FILE = "model.pt"
 # train.keep_checkpoints: "last" keeps what a resume needs (the run state's checkpoints), "all" every round's.
-KEEP_CHECKPOINTS = ("last", "all")
+KEEP_CHECKPOINTS = allowed(KeepCheckpoints)
 
 
 @dataclass(frozen=True)

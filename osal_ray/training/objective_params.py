@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from osal_ray.config import DetectorConfig
+from osal_ray.config import ClassWeights, DetectorConfig, WeightReduction, allowed
 from osal_ray.params import NoParams, Params, positive_int, refuse
 
 # How a class-weighted batch loss is averaged (``detector.class_weight_reduction``).
-WEIGHT_REDUCTIONS = ("weighted_mean", "mean")
-CLASS_WEIGHTS = ("none", "inverse_frequency")
+WEIGHT_REDUCTIONS = allowed(WeightReduction)
+CLASS_WEIGHTS = tuple(w for w in allowed(ClassWeights) if w != "auto")  # detector.class_weights once resolved
 
 
 @dataclass(frozen=True)
