@@ -243,6 +243,9 @@ class _StubController:
     def stage_webhook(self, payload: dict) -> dict:
         return {"ok": True}
 
+    def was_queried(self, key: str) -> bool:
+        return key != "b" * 64  # the stub's pool: every key but this one was queried
+
     def image(self, key: str, size: int | None = None):
         from osal_ray.service.controller import Image
 
@@ -310,6 +313,9 @@ def test_images_and_only_images_answer_the_label_studio_origin(api):
     assert client.options(url, headers={"Origin": "http://evil.example"}).status_code == 403
     status = client.get("/status", headers={"Origin": STUDIO})
     assert "access-control-allow-origin" not in status.headers
+    never_queried = signed_image_url("http://testserver", controller.output_dir, "b" * 64).removeprefix("http://testserver")
+    assert client.get(never_queried, headers={"Authorization": ""}).status_code == 404  # a labeled/test image: not by signature
+    assert client.get(f"/images/{'b' * 64}").status_code == 200  # the API token still reaches every pool image
 
 
 @pytest.mark.parametrize("studio_url, origins, expected", [

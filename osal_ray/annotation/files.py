@@ -66,6 +66,12 @@ def read_request_file(path: Path) -> dict:
     return request
 
 
+def queried_keys(output_dir: Path) -> set[str]:
+    """The key of every image some published round queried."""
+    rounds = sorted((output_dir / ANNOTATION_DIR).glob(f"round_[0-9][0-9][0-9]/{REQUEST_FILE}"))
+    return {q["key"] for path in rounds for q in read_request_file(path)["queries"]}
+
+
 def write_status(output_dir: Path, status: dict) -> None:
     """``status.json``: what the run is doing or waiting for (written atomically)."""
     _write_text(output_dir / STATUS_FILE, json.dumps({**status, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))

@@ -87,8 +87,11 @@ def build_api(controller: RunController, token_sha256: str, max_body_bytes: int 
               size: int | None = Query(None, ge=8, le=1024, description="a PNG thumbnail whose longer side is this many pixels"),
               sig: str | None = Query(None, max_length=64, description="a signed image URL's signature (Label Studio tasks)")) -> Response:
         """An image's original bytes (or a thumbnail). Needs the bearer token, or the signature of a signed URL."""
-        if not (image_signature_ok(controller.output_dir, key, sig) or bearer_matches(request.headers.get("authorization"), token_sha256)):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        if not bearer_matches(request.headers.get("authorization"), token_sha256):
+            if not image_signature_ok(controller.output_dir, key, sig):
+                raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+            if not controller.was_queried(key):  # a signed URL shows a queried image, never a labeled or test one
+                raise HTTPException(404, f"no queried image with key {key}")
         found = controller.image(key, size)
         return Response(found.data, media_type=found.media_type, headers={"Cache-Control": "private, max-age=3600"})
 

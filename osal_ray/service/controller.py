@@ -138,6 +138,12 @@ class RunController:
                 for q in request["queries"]]
         return {"round": round_index, "state": state, "allowed_labels": request["allowed_labels"], "queries": rows}
 
+    def was_queried(self, key: str) -> bool:
+        """Whether some published round queried ``key`` (what a signed image URL may show)."""
+        from osal_ray.annotation.files import queried_keys
+
+        return key in queried_keys(self.output_dir)
+
     def image(self, key: str, size: int | None = None) -> Image:
         """The original bytes of a pool image (its file under the data root), or a PNG thumbnail
         whose longer side is ``size``. NotFound for a key that is not in the run's pool."""
