@@ -118,7 +118,7 @@ def _cpus() -> int:
 
 
 def _table(result: dict, args: argparse.Namespace) -> str:
-    lines = [f"# Round latency (last label -> next round's tasks in Label Studio)", "",
+    lines = ["# Round latency (last label -> next round's tasks in Label Studio)", "",
              f"Machine: {result['machine']}. Command: `python benchmarks/round_latency.py --rounds {args.rounds}"
              + "".join(f" --set {o}" for o in args.overrides) + "`.", "",
              f"First round (decode the pool, train, score, select, publish): {result['first_round_seconds']} s.", "",

@@ -98,3 +98,17 @@ def synthetic_column(name: str, n: int, k: int, rng: np.random.Generator) -> np.
         z = rng.normal(size=(n, 12))
         return (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)
     raise KeyError(f"no synthetic data for score column {name!r}: add a case to tests/conftest.py")
+
+
+def labeled_example_pool(directory: Path) -> tuple[Path, dict[str, str]]:
+    """A small example image pool (digits) and the label a careful annotator gives each of its images
+    (path -> known class name, or ``unknown``), for the tests that label rounds as people do."""
+    import csv
+
+    from osal_ray.examples.image_pool import write_example
+
+    summary = write_example(directory, pool_size=120, labeled_per_class=4, test_per_class=8, source="digits")
+    known = set(summary["known_classes"])
+    with open(directory / "truth.csv", newline="") as handle:
+        truth = {row["path"]: (row["label"] if row["label"] in known else "unknown") for row in csv.DictReader(handle)}
+    return directory, truth

@@ -11,7 +11,6 @@ is a correction the next round trains with; a label posted to the service's API 
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -23,8 +22,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from browser_session import (browser, choose_and_submit, close_instructions, console_errors,  # noqa: F401
                              login_label_studio, open_task, screenshot, skip_task, task_image_state)
+from conftest import labeled_example_pool
 from osal_ray.annotation.label_studio_api import LabelStudioProject
-from osal_ray.examples.image_pool import write_example
 from service_process import ServiceProcess, free_port
 
 pytestmark = [pytest.mark.slow]
@@ -32,12 +31,7 @@ pytestmark = [pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("browser") / "pool"
-    summary = write_example(directory, pool_size=120, labeled_per_class=4, test_per_class=8, source="digits")
-    known = set(summary["known_classes"])
-    with open(directory / "truth.csv", newline="") as handle:
-        truth = {row["path"]: (row["label"] if row["label"] in known else "unknown") for row in csv.DictReader(handle)}
-    return directory, truth
+    return labeled_example_pool(tmp_path_factory.mktemp("browser") / "pool")
 
 
 def _round_tasks(client: LabelStudioProject, project_id: int, round_index: int) -> dict[str, int]:

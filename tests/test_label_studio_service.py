@@ -7,7 +7,6 @@ a command-line run does the same by polling (exit 0 while labels are missing, im
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -18,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import labeled_example_pool
 from osal_ray.annotation.label_studio_api import LabelStudioProject
-from osal_ray.examples.image_pool import write_example
 from service_process import ServiceProcess, free_port
 
 pytestmark = [pytest.mark.slow]
@@ -29,12 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("ls") / "pool"
-    summary = write_example(directory, pool_size=120, labeled_per_class=4, test_per_class=8, source="digits")
-    known = set(summary["known_classes"])
-    with open(directory / "truth.csv", newline="") as handle:
-        truth = {row["path"]: (row["label"] if row["label"] in known else "unknown") for row in csv.DictReader(handle)}
-    return directory, truth
+    return labeled_example_pool(tmp_path_factory.mktemp("ls") / "pool")
 
 
 def _settings(root: Path, out: Path, studio_url: str, project: str, rounds: int = 2) -> list[str]:

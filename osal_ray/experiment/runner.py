@@ -54,12 +54,15 @@ class PreparedExperiment:
     served: bool = False  # run by the service, which continues by itself once a round is labeled
 
 
-def prepare_experiment(config: ExperimentConfig, log: Callable[[str], None] = print) -> PreparedExperiment:
+def prepare_experiment(config: ExperimentConfig, log: Callable[[str], None] = print,
+                       plans: dict[str, StrategyPlan] | None = None) -> PreparedExperiment:
     """Check everything (``preflight``), lock the output directory, build splits and write the pools.
 
     No Ray: an ``image_pool`` is only listed and checked here (``run_experiment`` decodes it).
+    ``plans``: the config's checked plans (``check_config``), when a caller that runs many rounds of one
+    config (the service) made them once already.
     """
-    plans = check_config(config)
+    plans = check_config(config) if plans is None else plans
     output_dir = config.resolved_output_dir().resolve()
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError("--output-dir", f"{output_dir} exists and is not a directory")

@@ -57,7 +57,7 @@ class RunController:
         from osal_ray.annotation import annotator_backend
         from osal_ray.experiment.preflight import check_config
 
-        check_config(config)
+        self._plans = check_config(config)  # once per run: the config is frozen, every round uses these plans
         self.config = config
         self.output_dir = config.resolved_output_dir().resolve()
         self.backend = annotator_backend(config)
@@ -254,7 +254,7 @@ class RunController:
             self._error = None
             self._phases = []
             self._set_state("preparing", "checking the run")
-        prepared = prepare_experiment(self.config, log=self._log)
+        prepared = prepare_experiment(self.config, log=self._log, plans=self._plans)
         prepared.served = True
         if prepared.waiting is None:
             run_experiment(prepared, log=self._log, on_phase=self._on_phase)
