@@ -17,6 +17,7 @@ from osal_ray.annotation.label_studio_api import (
     LabelStudioProject,
     config_choices,
     labeling_config,
+    _dump,
     newest_annotation,
     webhook_task_id,
 )
@@ -109,6 +110,15 @@ def test_import_is_idempotent_and_annotations_come_back(client: LabelStudioProje
         (first[0]["key"], CHOICES[2]),
         (second[0]["key"], "dog"),
     }
+
+
+def test_a_round_view_shows_that_round_only(client: LabelStudioProject):
+    project_id = client.ensure_project(unique_title(), CHOICES)
+    client.import_tasks(project_id, tasks_for(1, 3) + tasks_for(2, 2))
+    view = client.ensure_round_view(project_id, 2)
+    assert client.ensure_round_view(project_id, 2) == view  # found, not made twice
+    shown = [_dump(t) for t in client._client.tasks.list(project=project_id, view=view, fields="task_only")]
+    assert sorted(t["data"]["round"] for t in shown) == [2, 2]
 
 
 def test_many_tasks_page_through(client: LabelStudioProject):

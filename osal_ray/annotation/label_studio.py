@@ -133,6 +133,7 @@ def push_round(output_dir: Path, config: ExperimentConfig, round_index: int, ima
     """Import a published round's queries as tasks with the model's guess as a pre-annotation
     (idempotent: a task already there is not added again)."""
     client, project_id, request = _round_project(output_dir, config, round_index)
+    client.ensure_round_view(project_id, round_index)
     present = {key for key, r in client.task_ids(project_id) if r == round_index}
     tasks, guesses, seen = [], {}, set(present)
     for query in request["queries"]:

@@ -328,6 +328,17 @@ class LabelStudioProject:
             task["annotations"] = [_dump(a) for a in self._client.annotations.list(task_id)]
         return key, round_, newest_annotation(task)
 
+    def ensure_round_view(self, project_id: int, round_index: int) -> int:
+        """The Data Manager tab ``round N`` of the project, showing that round's tasks only (created once);
+        its id. Annotators see each round apart, with Label Studio's own counts of what is done."""
+        title = f"round {round_index}"
+        for view in self._client.views.list(project=project_id):
+            if (_dump(view).get("data") or {}).get("title") == title:
+                return int(view.id)
+        filters = {"conjunction": "and", "items": [
+            {"filter": "filter:tasks:data.round", "operator": "equal", "type": "Number", "value": round_index}]}
+        return int(self._client.views.create(project=project_id, data={"title": title, "filters": filters}).id)
+
     def ensure_webhook(self, project_id: int, url: str, headers: dict[str, str]) -> None:
         """A project webhook to ``url`` for ANNOTATION_CREATED and ANNOTATION_UPDATED sending ``headers``.
 
