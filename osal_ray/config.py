@@ -213,6 +213,20 @@ class DetectorConfig:
 
 
 @dataclass(frozen=True)
+class FeaturesConfig:
+    """Frozen features: ``extractor`` names a registered feature extractor (``osal_ray.features``) whose
+    vectors the classifier and the detector are trained on, as small heads (``model.classifier: linear``
+    or ``mlp_head``); null: networks on the images. ``params``: the extractor's parameters."""
+
+    extractor: str | None = added_later(None, legacy=None)
+    params: dict[str, Any] = added_later({}, legacy={})
+    batch_size: int = added_later(1024, legacy=1024)
+
+    def check(self) -> None:
+        require(self.batch_size >= 1, "features.batch_size", "must be at least 1")
+
+
+@dataclass(frozen=True)
 class ClipConfig:
     """The CLIPN model of VLPure-AL and of the ``clip_linear`` classifier (open_clip architectures)."""
 
@@ -354,6 +368,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)

@@ -30,3 +30,25 @@ def validate_config(config: ExperimentConfig) -> None:
     MODELS.get(config.model.classifier, "model.classifier")
     if config.model.detector is not None:
         MODELS.get(config.model.detector, "model.detector")
+    _check_features(config)
+
+
+def _check_features(config: ExperimentConfig) -> None:
+    """An extractor that exists with valid parameters, and models that read what it writes (and only then)."""
+    from osal_ray.features import extractor_params
+    from osal_ray.models import model_input
+    from osal_ray.data.vector_store import FEATURES
+
+    models = {"model.classifier": config.model.classifier}
+    if config.model.detector is not None:
+        models["model.detector"] = config.model.detector
+    if config.features.extractor is None:
+        for field, name in models.items():
+            require(model_input(name, field) != FEATURES, field,
+                    f"{name} is a head on frozen features: set features.extractor (e.g. pixels or clip)")
+        return
+    extractor_params(config)
+    for field, name in models.items():
+        require(model_input(name, field) == FEATURES, field,
+                f"{name} reads {model_input(name, field)!r}, not the features of features.extractor "
+                f"{config.features.extractor}: use linear or mlp_head (or features.extractor: null)")

@@ -103,7 +103,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("params", "cluster"),
     ("clip",),
     ("data",),
-    ("models",),
+    ("models", "features"),
     ("training",),
     ("strategies",),
     ("scoring", "annotation"),

@@ -80,6 +80,8 @@ MODEL_KWARGS: dict[str, dict] = {
     "mlp": {"hidden": 8},
     "resnet18_cifar": {"width": 4},
     "clip_linear": {},
+    "linear": {},
+    "mlp_head": {"hidden": 8},
 }
 
 # Non-default keyword arguments per head (so that they are seen to reach it), and the extra
@@ -106,7 +108,7 @@ MANIFEST = PoolManifest(
     directory="/nonexistent/pool", dataset="fake", image_shape=(8, 8, 3), pixel_max=255.0,
     mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), class_names=("a", "b", "c", "d", "e", "f"),
     known_classes=tuple(range(K)), pool_files=(), test_file="test.parquet", num_pool=0, num_initial=0, num_test=0,
-    fingerprint="contract", vector_columns={"clip_embedding": FEATURE_DIM},
+    fingerprint="contract", vector_columns={"clip_embedding": FEATURE_DIM, "features": FEATURE_DIM},
 )
 CONFIG = ExperimentConfig(model=ModelConfig(classifier="cnn", kwargs=dict(MODEL_KWARGS["cnn"])))
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from osal_ray.config import ExperimentConfig
+from osal_ray.data.vector_store import FEATURES
 from osal_ray.experiment.networks import network_recipes
 from osal_ray.models import model_input
 from osal_ray.params import Params
@@ -66,6 +67,11 @@ def plan_experiment(config: ExperimentConfig) -> dict[str, StrategyPlan]:
 def stored_columns_needed(plans: dict[str, StrategyPlan]) -> set[str]:
     """Stored pool columns beyond the image that these plans' networks and scores read."""
     return set().union(*(p.stored_columns for p in plans.values()))
+
+
+def features_needed(plans: dict[str, StrategyPlan]) -> bool:
+    """Whether some plan's networks read frozen features (the once-per-job extraction pass)."""
+    return any(FEATURES in p.stored_columns for p in plans.values())
 
 
 def clip_embeddings_needed(plans: dict[str, StrategyPlan]) -> bool:

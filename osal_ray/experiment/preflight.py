@@ -21,7 +21,7 @@ from osal_ray.config import ExperimentConfig
 from osal_ray.data import ImagePoolSource, OpenSetSplit, SourceDataset, build_split, load_dataset
 from osal_ray.data.pool import MANIFEST, read_catalog, read_manifest
 from osal_ray.errors import InputError
-from osal_ray.experiment.plan import StrategyPlan, clip_embeddings_needed, plan_experiment, plan_strategy
+from osal_ray.experiment.plan import StrategyPlan, clip_embeddings_needed, features_needed, plan_experiment, plan_strategy
 from osal_ray.experiment.state import STATE_FILE, RunState, open_run_state, saved_trajectories
 from osal_ray.validation import validate_config
 
@@ -56,6 +56,11 @@ def check_data(config: ExperimentConfig, plans: dict[str, StrategyPlan],
     splits = check_splits(config, source, states)
     annotator_backend(config).check(config, source)
     check_clip_weights(config, plans)
+    if features_needed(plans):
+        from osal_ray.features import extractor_params
+
+        extractor, params = extractor_params(config)
+        extractor.check(params, config)
     return CheckedData(source, splits)
 
 

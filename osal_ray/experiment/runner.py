@@ -20,7 +20,7 @@ from osal_ray.experiment.concurrent import cluster_cpus, concurrency_limit, desc
 from osal_ray.annotation import AnnotatorSetup, annotator_backend
 from osal_ray.annotation.contract import Annotator, QueryRequest
 from osal_ray.experiment.outputs import plot_curves, rounds_frame, write_tables
-from osal_ray.experiment.plan import StrategyPlan, clip_embeddings_needed
+from osal_ray.experiment.plan import StrategyPlan, clip_embeddings_needed, features_needed
 from osal_ray.experiment.preflight import check_config, check_data, check_resume, run_location
 from osal_ray.experiment.report import round_header, round_row, summary_table
 from osal_ray.experiment.state import RoundRecord, RunState, atomic_write_text, resumed_plan
@@ -108,13 +108,18 @@ def _prepare(config: ExperimentConfig, plans: dict[str, StrategyPlan], output_di
 
 def with_stored_columns(config: ExperimentConfig, plans: dict[str, StrategyPlan], seed: PreparedSeed,
                         log: Callable[[str], None] | None = None) -> PreparedSeed:
-    """The seed's pool with the stored columns its runs need (the CLIP embedding pass, once per job)."""
-    if not clip_embeddings_needed(plans):
-        return seed
-    from osal_ray.data.clip_store import ensure_clip_embeddings
+    """The seed's pool with the stored columns its runs need: CLIP embeddings and frozen features (each
+    computed once per job on Ray, then reused)."""
+    manifest = seed.manifest
+    if clip_embeddings_needed(plans):
+        from osal_ray.data.clip_store import ensure_clip_embeddings
 
-    manifest = ensure_clip_embeddings(seed.manifest, config.clip, config.scoring, config.data.pool_files, log)
-    return dataclasses.replace(seed, manifest=manifest)
+        manifest = ensure_clip_embeddings(manifest, config.clip, config.scoring, config.data.pool_files, log)
+    if features_needed(plans):
+        from osal_ray.features import ensure_features
+
+        manifest = ensure_features(manifest, config, log)
+    return seed if manifest is seed.manifest else dataclasses.replace(seed, manifest=manifest)
 
 
 def materialize_seeds(prepared: PreparedExperiment, log: Callable[[str], None]) -> None:
@@ -188,16 +193,16 @@ def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Calla
     failed: dict[tuple[str, int], BaseException] = {}
     if limit == 1:
         for prepared_seed in prepared.seeds:
-            if clip_embeddings_needed(prepared.plans):
-                on_phase("preparing", f"seed {prepared_seed.seed}: CLIP image embeddings")
+            if clip_embeddings_needed(prepared.plans) or features_needed(prepared.plans):
+                on_phase("preparing", f"seed {prepared_seed.seed}: stored columns (CLIP embeddings, frozen features)")
             for job in _jobs(prepared, [with_stored_columns(config, prepared.plans, prepared_seed, log)], mode.resident):
                 states[job.key] = run_trajectory(job.context(log, on_round, on_phase), states.get(job.key))
                 plot_curves(rounds_frame(states.values()), output_dir / "curves.png", title=config.name)
     else:
         stored = []
         for prepared_seed in prepared.seeds:
-            if clip_embeddings_needed(prepared.plans):
-                on_phase("preparing", f"seed {prepared_seed.seed}: CLIP image embeddings")
+            if clip_embeddings_needed(prepared.plans) or features_needed(prepared.plans):
+                on_phase("preparing", f"seed {prepared_seed.seed}: stored columns (CLIP embeddings, frozen features)")
             stored.append(with_stored_columns(config, prepared.plans, prepared_seed, log))
         jobs = _jobs(prepared, stored, mode.resident)
         log(f"{len(jobs)} trajectories, at most {limit} at once (execution.max_concurrent_trajectories)")

@@ -210,6 +210,10 @@ def run_settings(config: ExperimentConfig, plan: StrategyPlan, seed: int) -> dic
         "train": train,
         "detector": full["detector"],
     }
+    if config.features.extractor is not None:
+        from osal_ray.features import features_identity
+
+        settings["features"] = features_identity(config, None)
     if plan.uses_clip:
         from osal_ray.data.clip_store import clip_weights_digest
 
