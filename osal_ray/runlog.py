@@ -36,6 +36,13 @@ class _Tee:
         return getattr(self._stream, name)
 
 
+def _teed_by_ray(ray_logger: logging.Logger, ours: logging.Handler) -> bool:
+    """Whether one of Ray's own handlers already writes into the teed stderr (Ray makes it again when
+    ``ray.init`` runs inside the run log): then the record reaches the log through it, and ours would
+    write it twice."""
+    return any(isinstance(getattr(h, "stream", None), _Tee) for h in ray_logger.handlers if h is not ours)
+
+
 @contextlib.contextmanager
 def run_log(output_dir: Path, argv: list[str]) -> Iterator[Path]:
     """Copy stdout, stderr, Python warnings and Ray's driver-side log records to ``output_dir/run.log``."""
@@ -51,6 +58,7 @@ def run_log(output_dir: Path, argv: list[str]) -> Iterator[Path]:
         handler.setLevel(logging.INFO)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         ray_logger = logging.getLogger("ray")
+        handler.addFilter(lambda record: not _teed_by_ray(ray_logger, handler))
         ray_logger.addHandler(handler)
         try:
             yield path

@@ -117,7 +117,7 @@ def test_a_command_line_run_publishes_and_imports_on_the_next_run(label_studio_s
 
     first = run()
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "images to label in Label Studio" in first.stdout
+    assert "images to label: annotate them in Label Studio" in first.stdout
     client = LabelStudioProject(label_studio_server.url, label_studio_server.token)
     project_id = json.loads((out / "annotation" / "label_studio.json").read_text())["project_id"]
     task = next(iter(client._tasks(project_id, with_annotations=False)))

@@ -99,3 +99,4 @@ def test_a_run_keeps_a_log_of_what_it_printed_in_its_output_directory(tmp_path):
     assert log.count("=== ") == 2 and "osal-ray --set al.rounds=1" in log
     assert "round 1/1" in log and "outputs in" in log  # the round lines and the summary, as on stdout
     assert "\x1b[" not in log
+    assert log.count("Started a local Ray instance") == 2  # once per invocation: Ray's own lines are not doubled

@@ -185,6 +185,12 @@ class FilesAnnotator(Annotator):
         key, path = self.catalog[int(sample)]
         return display_png(self.manifests, int(sample), key, path, self.data_root)
 
+    def how_to_label(self, allowed: str) -> str:
+        """The contact sheet's instruction (HTML; ``allowed``: the labels, already marked up)."""
+        return (f"Fill the <code>label</code> column of <code>{TEMPLATE_FILE}</code> (one row per image, with its key, "
+                f"path and the model's guess) with one of {allowed} (<code>{SKIP}</code>: the image is unusable), then run "
+                "<code>python -m osal_ray.label OUTPUT_DIR FILE.csv</code>.")
+
     def _contact_sheet(self, round_index: int, queries: list[dict]) -> str:
         cards = []
         for sample in dict.fromkeys(q["id"] for q in queries):
@@ -208,9 +214,7 @@ class FilesAnnotator(Annotator):
             "img{width:168px;height:168px;object-fit:contain;image-rendering:pixelated;background:#eee}"
             "figcaption{font-size:11px;word-break:break-all}</style></head><body>"
             f"<h1>Round {round_index}: {len(cards)} images to label</h1>"
-            f"<p>Fill the <code>label</code> column of <code>{TEMPLATE_FILE}</code> (one row per image, with its key, "
-            f"path and the model's guess) with one of {allowed} "
-            f"(<code>{SKIP}</code>: the image is unusable), then run <code>python -m osal_ray.label OUTPUT_DIR FILE.csv</code>.</p>"
+            f"<p>{self.how_to_label(allowed)}</p>"
             f"<div class='grid'>{''.join(cards)}</div></body></html>"
         )
 

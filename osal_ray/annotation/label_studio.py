@@ -23,6 +23,7 @@ from osal_ray.annotation.backends import AnnotatorBackend, AnnotatorSetup, regis
 from osal_ray.annotation.contract import SKIP, Annotator, QueryRequest
 from osal_ray.annotation.labels import LabelErrors, LabelSet
 from osal_ray.annotation.staging import merged_labels, staged_submissions
+from osal_ray.annotation.label_studio_api import annotations_of, task_ids_of
 from osal_ray.config import ExperimentConfig, LabelStudioConfig
 from osal_ray.data.pool import PoolManifest
 from osal_ray.errors import InputError, require, shown
@@ -76,8 +77,12 @@ class LabelStudioAnnotator(FilesAnnotator):
         folder = round_dir(self.output_dir, round_index)
         if (folder / REQUEST_FILE).is_file() and not (folder / CLOSED_FILE).is_file():
             client, project_id, _ = _round_project(self.output_dir, self.config, round_index)
-            show_staged_labels(self.output_dir, client, project_id, round_index, self.log)
+            show_staged_labels(self.output_dir, client, round_index, client.tasks(project_id), self.log)
         super().close(round_index)
+
+    def how_to_label(self, allowed: str) -> str:
+        return (f"These images are tasks of the Label Studio project {html.escape(project_title(self.config))} at "
+                f"{html.escape(self.settings.url or '')}: label them there with one of {allowed}. This page only shows them.")
 
     def image_url(self, sample: int, key: str) -> str:
         """Where Label Studio shows a queried image: the service's signed URL, else the image inlined."""
@@ -104,10 +109,14 @@ def annotator_instruction(labels: list[str], unknown_label: str) -> str:
 
 def ensure_project(output_dir: Path, config: ExperimentConfig, labels: list[str], unknown_label: str) -> tuple[object, int]:
     """(client, project id): the run's project, created once with a Choices control of ``labels`` and
-    the annotators' instruction (an existing one is brought up to date)."""
+    the annotators' instruction (an existing one is brought up to date), and its webhook. Done once per
+    process: later calls (every poll, every webhook, which Label Studio gives one second) reuse it."""
+    title = project_title(config)
+    identity = (str(output_dir), config.label_studio.url, config.label_studio.service_url, title, tuple(labels), unknown_label)
+    if identity in _ENSURED:
+        return _ENSURED[identity]
     client = studio_client(config.label_studio)
     record = output_dir / "annotation" / PROJECT_FILE
-    title = project_title(config)
     project_id = client.ensure_project(title, labels, annotator_instruction(labels, unknown_label))
     saved = {"url": config.label_studio.url, "title": title, "project_id": project_id}
     if not record.is_file() or json.loads(record.read_text(encoding="utf-8")) != saved:
@@ -119,7 +128,11 @@ def ensure_project(output_dir: Path, config: ExperimentConfig, labels: list[str]
         from osal_ray.annotation.secret import webhook_headers
 
         client.ensure_webhook(project_id, config.label_studio.service_url.rstrip("/") + WEBHOOK_PATH, webhook_headers(output_dir))
+    _ENSURED[identity] = (client, project_id)
     return client, project_id
+
+
+_ENSURED: dict[tuple, tuple[object, int]] = {}  # the projects this process has set up (see ensure_project)
 
 
 def _round_project(output_dir: Path, config: ExperimentConfig, round_index: int) -> tuple[object, int, dict]:
@@ -166,8 +179,9 @@ def sync_annotations(output_dir: Path, config: ExperimentConfig, log: Callable[[
     if round_index is None or not (round_dir(output_dir, round_index) / REQUEST_FILE).is_file():
         return 0
     client, project_id, _ = _round_project(output_dir, config, round_index)
-    count = take_annotations(output_dir, client.annotations(project_id), log)
-    show_staged_labels(output_dir, client, project_id, round_index, log)
+    tasks = client.tasks(project_id)  # one listing for both steps
+    count = take_annotations(output_dir, annotations_of(tasks), log)
+    show_staged_labels(output_dir, client, round_index, tasks, log)
     return count
 
 
@@ -245,12 +259,14 @@ def stage_annotations(output_dir: Path, annotations: list, round_index: int, log
     return count
 
 
-def show_staged_labels(output_dir: Path, client, project_id: int, round_index: int, log: Callable[[str], None] = print) -> int:
-    """Annotate the round's tasks whose staged label came from elsewhere (the HTTP API, a label file) and
-    is not what Label Studio shows, so that the project shows every label; returns how many."""
+def show_staged_labels(output_dir: Path, client, round_index: int, listing: list[dict],
+                       log: Callable[[str], None] = print) -> int:
+    """Annotate the round's tasks (``listing``: the project's tasks with their annotations) whose staged
+    label came from elsewhere (the HTTP API, a label file) and is not what Label Studio shows, so that
+    the project shows every label; returns how many."""
     staged = merged_labels(round_dir(output_dir, round_index))
-    shown = {a.key: (SKIP if a.cancelled else a.label) for a in client.annotations(project_id, round_index)}
-    tasks = {key: task_id for (key, r), task_id in client.task_ids(project_id).items() if r == round_index}
+    shown = {a.key: (SKIP if a.cancelled else a.label) for a in annotations_of(listing, round_index)}
+    tasks = {key: task_id for (key, r), task_id in task_ids_of(listing).items() if r == round_index}
     posted = 0
     for key, label in staged.items():
         if key in tasks and shown.get(key) != label:

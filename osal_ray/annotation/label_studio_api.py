@@ -12,7 +12,7 @@ Annotators are reported as Label Studio user ids (as strings): the webhook body 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import quoteattr
@@ -108,6 +108,29 @@ def newest_annotation(task: dict) -> LabelStudioAnnotation | None:
     return _annotation(task, newest)
 
 
+def task_ids_of(tasks: Iterable[dict]) -> dict[tuple[str, int], int]:
+    """The task id of every (key, round) among task dicts."""
+    ids = {}
+    for task in tasks:
+        data = task.get("data") or {}
+        key, round_ = data.get("key"), _int(data.get("round"))
+        if isinstance(key, str) and round_ is not None:
+            ids[(key, round_)] = int(task["id"])
+    return ids
+
+
+def annotations_of(tasks: Iterable[dict], round: int | None = None) -> list[LabelStudioAnnotation]:
+    """The newest annotation of every annotated task dict (of that round when given)."""
+    found = []
+    for task in tasks:
+        if round is not None and _int((task.get("data") or {}).get("round")) != round:
+            continue
+        annotation = newest_annotation(task)
+        if annotation is not None:
+            found.append(annotation)
+    return found
+
+
 def webhook_task_id(payload: Any) -> int | None:
     """The task id of a Label Studio annotation webhook body (ANNOTATION_CREATED / UPDATED), else None.
 
@@ -192,7 +215,8 @@ class LabelStudioProject:
         return InputError(
             "label_studio.token_env",
             f"Label Studio at {self.url} refused the API token (HTTP {exc.status_code}: {detail}); use the "
-            "personal access token from Account & Settings, or enable legacy tokens for the organization",
+            "personal access token from Account & Settings, or enable legacy tokens for the organization "
+            "(a Label Studio started again with another --user-token keeps its first user's token)",
         )
 
     def check(self) -> None:
@@ -266,15 +290,14 @@ class LabelStudioProject:
         for task in self._client.tasks.list(project=project_id, fields=fields, page_size=PAGE_SIZE):
             yield _dump(task)
 
+    def tasks(self, project_id: int) -> list[dict]:
+        """Every task of a project with its annotations, in one listing (``task_ids_of`` and
+        ``annotations_of`` read it without asking the server again)."""
+        return list(self._tasks(project_id, True))
+
     def task_ids(self, project_id: int) -> dict[tuple[str, int], int]:
         """The task id of every (key, round) in a project."""
-        ids = {}
-        for task in self._tasks(project_id, False):
-            data = task.get("data") or {}
-            key, round_ = data.get("key"), _int(data.get("round"))
-            if isinstance(key, str) and round_ is not None:
-                ids[(key, round_)] = int(task["id"])
-        return ids
+        return task_ids_of(self._tasks(project_id, False))
 
     def import_tasks(self, project_id: int, tasks: list[dict], predictions: Mapping[tuple[str, int], dict] | None = None) -> int:
         """Import tasks whose (key, round) the project lacks; returns how many were new.
@@ -302,14 +325,7 @@ class LabelStudioProject:
 
     def annotations(self, project_id: int, round: int | None = None) -> list[LabelStudioAnnotation]:
         """The newest annotation of every annotated task (of that round when given; cancelled ones too), all pages."""
-        found = []
-        for task in self._tasks(project_id, True):
-            if round is not None and _int((task.get("data") or {}).get("round")) != round:
-                continue
-            annotation = newest_annotation(task)
-            if annotation is not None:
-                found.append(annotation)
-        return found
+        return annotations_of(self._tasks(project_id, True), round)
 
     def task_annotation(self, project_id: int, task_id: int) -> tuple[str, int, LabelStudioAnnotation | None] | None:
         """(key, round, newest annotation) of one task of the project, read from Label Studio; None when
@@ -337,7 +353,10 @@ class LabelStudioProject:
                 return int(view.id)
         filters = {"conjunction": "and", "items": [
             {"filter": "filter:tasks:data.round", "operator": "equal", "type": "Number", "value": round_index}]}
-        return int(self._client.views.create(project=project_id, data={"title": title, "filters": filters}).id)
+        created = int(self._client.views.create(project=project_id, data={"title": title, "filters": filters}).id)
+        others = [int(v.id) for v in self._client.views.list(project=project_id) if int(v.id) != created]
+        self._client.views.update_order(project=project_id, ids=[created, *others])  # the open round's tab first
+        return created
 
     def ensure_webhook(self, project_id: int, url: str, headers: dict[str, str]) -> None:
         """A project webhook to ``url`` for ANNOTATION_CREATED and ANNOTATION_UPDATED sending ``headers``.
@@ -352,7 +371,10 @@ class LabelStudioProject:
         try:
             for hook in self._client.webhooks.list(project=str(project_id)):
                 if hook.url == url and hook.project == project_id:
-                    self._client.webhooks.update(hook.id, **settings)
+                    current = _dump(hook)
+                    if any(current.get(k) != v for k, v in settings.items() if k != "actions") or \
+                            set(current.get("actions") or []) != set(settings["actions"]):
+                        self._client.webhooks.update(hook.id, **settings)
                     return
             self._client.webhooks.create(project=project_id, **settings)
         except self._api_error as exc:

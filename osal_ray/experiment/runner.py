@@ -214,9 +214,10 @@ def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Calla
     if human:
         on_phase("publishing", "writing the next round's queries")
         _publish(prepared, states, log)
-    log("")
-    log(summary_table(result))
-    log(f"\noutputs in {output_dir}: rounds.parquet, queries.parquet, summary.json, config.yaml, curves.png")
+    if not prepared.served:  # the service's rounds go on: /status and the tables on disk say where it stands
+        log("")
+        log(summary_table(result))
+        log(f"\noutputs in {output_dir}: rounds.parquet, queries.parquet, summary.json, config.yaml, curves.png")
     if failed:
         _raise_failures(failed, len(jobs), log)
     return result

@@ -166,11 +166,12 @@ def _select_round(ctx: RunContext, state: RunState, specs: dict[str, NetworkSpec
         resident=ctx.resident_scoring,
     )
     scored = time.perf_counter()
-    ctx.on_phase("selecting", f"{ctx.label} round {round_index}/{rounds}: selecting {ctx.config.al.budget} of {len(scores)}")
     _check_finite(ctx, scores, round_index)
     annotated = np.isin(scores.ids, state.annotated_ids())
     candidate = ~annotated & ~np.isin(scores.ids, read_absent_ids(ctx.manifest))
     scored_pool = scores.subset(candidate)
+    ctx.on_phase("selecting", f"{ctx.label} round {round_index}/{rounds}: selecting {ctx.config.al.budget} of "
+                              f"{len(scored_pool)} candidates")
     pool = PoolScores(scored_pool.ids, {name: scored_pool.columns[name] for name in ctx.plan.columns})
     labeled = None
     if ctx.plan.strategy.needs_labeled:

@@ -28,7 +28,7 @@ APP_NAME = "osal_ray"
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64,
-                  graceful_shutdown_timeout_s=5)
+                  graceful_shutdown_timeout_s=5, logging_config={"enable_access_log": False})
 @serve.ingress()
 class RunService:
     """One run served over HTTP (see ``osal_ray.service.api``)."""
