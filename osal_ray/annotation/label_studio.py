@@ -204,7 +204,8 @@ def take_annotations(output_dir: Path, annotations: list, log: Callable[[str], N
     is not a label: it is named in the log, once, and the task still counts as missing."""
     open_index = open_round(output_dir)
     staged = 0
-    fresh = [a for a in annotations if a.origin not in _seen_origins(output_dir, a.round)]
+    seen = {r: _seen_origins(output_dir, r) for r in {a.round for a in annotations}}  # read once per round
+    fresh = [a for a in annotations if a.origin not in seen[a.round]]
     for_open = [a for a in fresh if a.round == open_index]
     if for_open:
         staged += stage_annotations(output_dir, for_open, open_index, log)
