@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from osal_ray.annotation import annotator_backend, oracle_kinds
 from osal_ray.config import ExperimentConfig
-from osal_ray.errors import require, shown
+from osal_ray.errors import InputError, require, shown
 
 
 def validate_config(config: ExperimentConfig) -> None:
@@ -27,10 +27,21 @@ def validate_config(config: ExperimentConfig) -> None:
     kinds = oracle_kinds()
     require(config.oracle.kind in kinds, "oracle.kind", f"{shown(config.oracle.kind)} is not one of {', '.join(kinds)}")
     annotator_backend(config).validate(config)
-    MODELS.get(config.model.classifier, "model.classifier")
-    if config.model.detector is not None:
-        MODELS.get(config.model.detector, "model.detector")
+    for field, name in (("model.classifier", config.model.classifier), ("model.detector", config.model.detector)):
+        if name is not None:
+            _check_model_kwargs(MODELS.get(name, field).factory, name, config.model.kwargs)
     _check_features(config)
+
+
+def _check_model_kwargs(factory, name: str, kwargs: dict) -> None:
+    """``model.kwargs`` are keyword arguments of the model's constructor (before Ray, not at training)."""
+    import inspect
+
+    try:
+        inspect.signature(factory).bind(num_classes=2, in_channels=1, image_size=8, **kwargs)
+    except TypeError as exc:
+        raise InputError("model.kwargs", f"{name} takes no such argument ({exc}); its arguments: "
+                                         f"{', '.join(list(inspect.signature(factory).parameters)[3:]) or 'none'}") from None
 
 
 def _check_features(config: ExperimentConfig) -> None:

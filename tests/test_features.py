@@ -122,6 +122,8 @@ def test_fit_pca_matches_scikit_learn():
     ({"features.extractor": "pixels", "model.classifier": "linear", "features.params": {"colour": True}},
      "features.params.colour"),
     ({"features.batch_size": 0}, "features.batch_size"),
+    ({**PIXELS, "model.kwargs": {"width": 16}}, "model.kwargs"),  # a CNN's argument, refused before Ray
+    ({"model.kwargs": {"depth": 3}}, "model.kwargs"),
 ])
 def test_a_features_setting_that_cannot_work_is_refused(settings, field, digits_config, tmp_path):
     with pytest.raises(InputError) as raised:
@@ -153,3 +155,21 @@ def test_every_strategy_runs_on_a_head(strategy, ray_session, digits_config, tmp
     assert rounds["round"].tolist() == [0, 1] and rounds["accuracy"].between(0.3, 1.0).all()
     queries = pd.read_parquet(config.resolved_output_dir() / "queries.parquet")
     assert len(queries) == config.al.budget and queries["id"].is_unique
+
+
+@pytest.mark.ray
+def test_an_image_pool_labeled_by_people_runs_on_features(ray_session, tmp_path):
+    """The augmented pool keeps an image pool's side arrays (its labeled examples' labels, absent ids)."""
+    from conftest import config_with
+    from osal_ray.examples.image_pool import write_example
+
+    root = tmp_path / "pool"
+    write_example(root, pool_size=150, labeled_per_class=4, test_per_class=10, source="digits")
+    config = config_with({"name": "pool-features", "strategies": ["random", "osal"], "output_dir": str(tmp_path / "out"),
+                          "data": {"dataset": "image_pool", "root": str(root), "image_size": 8},
+                          "al": {"rounds": 2, "budget": 10}, "train": {"epochs": 5}}, PIXELS)
+    run_experiment(prepare_experiment(config, **QUIET), **QUIET)
+    status = pd.read_json(tmp_path / "out" / "status.json", typ="series")
+    assert status["state"] == "waiting_for_labels" and status["round"] == 1
+    rounds = pd.read_parquet(tmp_path / "out" / "rounds.parquet")
+    assert (rounds[rounds["round"] == 0]["n_labeled_known"] > 0).all()  # trained on the labeled/ examples

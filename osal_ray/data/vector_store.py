@@ -53,6 +53,7 @@ def with_vector_column(manifest: PoolManifest, column: str, key: str, embedder: 
     if (directory / MANIFEST).is_file():
         cached = read_manifest(directory)
         if cached.fingerprint == manifest.fingerprint:
+            _copy_side_files(Path(manifest.directory), directory)  # an image pool's absent ids change between rounds
             return cached
     store = Path(manifest.directory).parent / key
     test_path = str(Path(manifest.directory) / manifest.test_file)
@@ -65,7 +66,7 @@ def with_vector_column(manifest: PoolManifest, column: str, key: str, embedder: 
     pool = [_with_embeddings(path, store / "pool", staging / "pool" / Path(path).name, column) for path in pool_paths(manifest)]
     test = _with_embeddings(test_path, store / "test", staging / "test.parquet", column)
     dim = read_table(pool[:1], [column]).column(column).type.byte_width // 4
-    shutil.copyfile(Path(manifest.directory) / "initial_ids.npy", staging / "initial_ids.npy")
+    _copy_side_files(Path(manifest.directory), staging)
     augmented = dataclasses.replace(
         manifest,
         directory=str(directory.resolve()),
@@ -76,6 +77,16 @@ def with_vector_column(manifest: PoolManifest, column: str, key: str, embedder: 
     (staging / MANIFEST).write_text(json.dumps(augmented.to_dict(), indent=1))
     storage.swap_directory(staging, directory)
     return augmented
+
+
+def _copy_side_files(source: Path, target: Path) -> None:
+    """The pool directory's arrays beside its Parquet files (initial ids; an image pool's initial labels and
+    absent ids) into the augmented one, where they differ."""
+    for side_file in source.glob("*.npy"):
+        data = side_file.read_bytes()
+        copy = target / side_file.name
+        if not copy.is_file() or copy.read_bytes() != data:
+            storage.write_bytes(copy, data)
 
 
 def _stored_parts(store: Path) -> list[str]:
