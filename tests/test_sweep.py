@@ -133,6 +133,24 @@ def test_grid_sweep_runs_trials_writes_outputs_and_resumes(ray_session, tmp_path
 
 @pytest.mark.ray
 @pytest.mark.slow
+def test_a_sweep_over_frozen_feature_recipes(ray_session, tmp_path):
+    """Each trial extracts its own recipe's features (its own store key) and trains heads on them."""
+    from osal_ray.sweep import run_sweep
+
+    config = _config(tmp_path, "model.classifier=linear", "features.extractor=pixels",
+                     "sweep.space={features.params.components: {grid: [4, 16]}}")
+    table = run_sweep(config, log=lambda _: None)
+    assert len(table) == 2 and (table["status"] == "ok").all()
+    out = tmp_path / "sweep" / "trials"
+    dims = set()
+    for key in table["trial_key"]:
+        (augmented,) = [p for p in (out / key / "data").iterdir() if "-features-" in p.name]
+        dims.add(json.loads((augmented / "manifest.json").read_text())["vector_columns"]["features"])
+    assert dims == {4, 16}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
 def test_optuna_sweep_samples_the_space(ray_session, tmp_path):
     from osal_ray.sweep import run_sweep
 
