@@ -127,9 +127,12 @@ class FilesAnnotator(Annotator):
 
     def corrections(self) -> list[Correction]:
         """Labels changed after their round closed (``stage_correction``), oldest first."""
+        found = read_corrections(self.output_dir)
+        if not found:
+            return []  # the usual case: no key-to-id index built over the whole pool every round
         ids = {key: sample for sample, (key, _) in self.catalog.items()}
         return [Correction(c["file"], int(c["round"]), int(ids[c["key"]]), self.labels.answer(c["label"]), c["label"], c["previous"])
-                for c in read_corrections(self.output_dir) if c["key"] in ids]
+                for c in found if c["key"] in ids]
 
     def publish(self, requests: list[QueryRequest]) -> None:
         """Write the round's folder once (a rerun keeps it, and every label staged into it)."""

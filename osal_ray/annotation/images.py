@@ -59,12 +59,12 @@ def display_png(manifests: list[PoolManifest], sample: int, key: str, path: str 
     from osal_ray.data.image_files import thumbnail_png
 
     found = sample_image(manifests, sample, key, path, data_root)
-    if found.source == "file":
-        try:
-            return thumbnail_png(found.data)
-        except Exception:  # noqa: BLE001  (content that decoded once but not with this PIL: show the stored copy)
-            pass
-    return pool_image_png(manifests, sample)
+    if found.source == "pool":
+        return found.data
+    try:
+        return thumbnail_png(found.data)
+    except Exception:  # noqa: BLE001  (content that decoded once but not with this PIL: show the stored copy)
+        return pool_image_png(manifests, sample)
 
 
 def resized_png(data: bytes, size: int) -> bytes:
