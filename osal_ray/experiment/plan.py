@@ -8,8 +8,9 @@ trajectory read the plan; nothing resolves parameters again.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from osal_ray.config import ExperimentConfig
 from osal_ray.data.vector_store import FEATURES
@@ -21,9 +22,17 @@ from osal_ray.strategies import STRATEGIES, Strategy, get_strategy
 from osal_ray.training.recipe import NetworkRecipe
 
 
+# A truth-aware reference (a benchmark's ceiling) is a registered strategy whose candidates are only the
+# pool's true knowns. Its name carries this suffix, which no registered name has, so that a job's
+# ``strategies`` cannot name it: only ``plan_reference`` (Python, a benchmark) makes one.
+TRUE_KNOWN_SUFFIX = "@true_known"
+Candidates = Literal["all", "true_known"]
+
+
 @dataclass(frozen=True)
 class StrategyPlan:
-    """A strategy as one job runs it."""
+    """A strategy as one job runs it; ``candidates``: "true_known" for a truth-aware reference (it
+    selects among the pool's truly known samples, which only a simulated annotator can tell)."""
 
     strategy: Strategy
     params: Params
@@ -31,10 +40,11 @@ class StrategyPlan:
     stored_columns: frozenset[str]
     context: frozenset[str]
     networks: tuple[NetworkRecipe, ...]
+    candidates: Candidates = "all"
 
     @property
     def name(self) -> str:
-        return self.strategy.name
+        return self.strategy.name + (TRUE_KNOWN_SUFFIX if self.candidates == "true_known" else "")
 
     @property
     def uses_clip(self) -> bool:
@@ -44,13 +54,23 @@ class StrategyPlan:
 
 def plan_strategy(config: ExperimentConfig, name: str, params: Mapping[str, Any] | None = None) -> StrategyPlan:
     """Resolve strategy ``name`` in ``config`` (InputError naming the dotted key for a bad parameter);
-    ``params``, when given, replaces the job's parameters of it (a resumed run's own, see ``experiment.state``)."""
+    ``params``, when given, replaces the job's parameters of it (a resumed run's own, see ``experiment.state``).
+    A reference's name (``<strategy>@true_known``, saved in its run state) plans that reference."""
+    if name.endswith(TRUE_KNOWN_SUFFIX):
+        return plan_reference(config, name.removesuffix(TRUE_KNOWN_SUFFIX), params)
     strategy = get_strategy(name)
     params = strategy.resolve_params(strategy.params_from(config) if params is None else params)
     columns = strategy.required_columns(params)
     networks = network_recipes(config, name, networks_for(columns), strategy.network_options(params))
     stored = stored_columns_for(columns) | {model_input(n.model) for n in networks}
     return StrategyPlan(strategy, params, columns, frozenset(stored - {"image"}), frozenset(context_for(columns)), networks)
+
+
+def plan_reference(config: ExperimentConfig, name: str, params: Mapping[str, Any] | None = None) -> StrategyPlan:
+    """Strategy ``name`` restricted to the pool's true knowns: a benchmark's truth-aware ceiling, run
+    as ``name@true_known`` next to the job's strategies (``prepare_experiment(config, plans=...)``). Its
+    trajectories need a simulated annotator (the truth); a job's config cannot name it."""
+    return dataclasses.replace(plan_strategy(config, name, params), candidates="true_known")
 
 
 def plan_experiment(config: ExperimentConfig) -> dict[str, StrategyPlan]:

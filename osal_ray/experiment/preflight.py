@@ -54,7 +54,12 @@ def check_data(config: ExperimentConfig, plans: dict[str, StrategyPlan],
         if sources is not None:
             sources[key] = source
     splits = check_splits(config, source, states)
-    annotator_backend(config).check(config, source)
+    backend = annotator_backend(config)
+    backend.check(config, source)
+    references = [name for name, plan in plans.items() if plan.candidates == "true_known"]
+    if references and backend.human:
+        raise InputError("oracle.kind", f"{', '.join(references)} select among the true knowns, which only a simulated "
+                                        f"annotator knows; oracle.kind {backend.name!r} has people label")
     check_clip_weights(config, plans)
     if features_needed(plans):
         from osal_ray.features import extractor_params

@@ -169,6 +169,10 @@ def _select_round(ctx: RunContext, state: RunState, specs: dict[str, NetworkSpec
     _check_finite(ctx, scores, round_index)
     annotated = np.isin(scores.ids, state.annotated_ids())
     candidate = ~annotated & ~np.isin(scores.ids, read_absent_ids(ctx.manifest))
+    if ctx.plan.candidates == "true_known":
+        if not ctx.annotator.has_truth:
+            raise RuntimeError(f"{ctx.label} is a truth-aware reference: it needs a simulated annotator's truth")
+        candidate &= ctx.annotator.known_index(scores.ids) >= 0
     scored_pool = scores.subset(candidate)
     ctx.on_phase("selecting", f"{ctx.label} round {round_index}/{rounds}: selecting {ctx.config.al.budget} of "
                               f"{len(scored_pool)} candidates")
