@@ -49,7 +49,7 @@ Protocol = Literal["mismatch", "ood_ratio"]
 ClassWeights = Literal["auto", "none", "inverse_frequency"]
 WeightReduction = Literal["weighted_mean", "mean"]
 KeepCheckpoints = Literal["last", "all"]
-ScoringMode = Literal["auto", "resident", "streaming"]
+ScoringMode = Literal["auto", "resident", "streaming", "inline"]
 ParquetReader = Literal["auto", "v1", "v2"]
 Searcher = Literal["grid", "random", "optuna"]
 Scheduler = Literal["fifo", "asha"]
@@ -252,8 +252,10 @@ class ScoringConfig:
 
     ``mode``: ``resident`` actors hold their shard of the pool across rounds (only new weights
     travel each round); ``streaming`` runs one Ray Data pass per round (start-up each round, any
-    pool size); ``auto`` is resident where the cluster holds the scorers and a training run at once
-    and the pool fits a quarter of its memory, else streaming.
+    pool size); ``inline``: the trajectory's own process scores the pool, no actor (small heads on
+    frozen features, where a pass takes milliseconds and an actor's start-up seconds); ``auto`` is
+    resident where the cluster holds the scorers and a training run at once and the pool fits a
+    quarter of its memory, else streaming.
     """
 
     mode: ScoringMode = "auto"

@@ -168,10 +168,10 @@ def _dies_within(actor, seconds: float) -> bool:
     return False
 
 
-def test_a_run_gives_the_same_queries_with_resident_and_streaming_scoring(ray_session, digits_config, tmp_path):
-    # One batch covers the pool in both modes, so even float32 rounding is the same.
+def test_a_run_gives_the_same_queries_with_resident_streaming_and_inline_scoring(ray_session, digits_config, tmp_path):
+    # One batch covers the pool in every mode, so even float32 rounding is the same.
     outputs = {}
-    for mode in ("resident", "streaming"):
+    for mode in ("resident", "streaming", "inline"):
         config = digits_config(tmp_path / mode, strategies=["jsosal", "entropy"],
                                **{"scoring.mode": mode, "scoring.batch_size": 4096, "execution.max_concurrent_trajectories": 1})
         lines: list[str] = []
@@ -179,3 +179,17 @@ def test_a_run_gives_the_same_queries_with_resident_and_streaming_scoring(ray_se
         assert f"scoring: scoring.mode is {mode}" in lines
         outputs[mode] = pd.read_parquet(tmp_path / mode / "queries.parquet")
     pd.testing.assert_frame_equal(outputs["resident"], outputs["streaming"])
+    pd.testing.assert_frame_equal(outputs["resident"], outputs["inline"])
+
+
+def test_inline_scoring_on_features_gives_the_same_queries_concurrently(ray_session, digits_config, tmp_path):
+    """Heads on frozen features scored in the trajectories' own processes: two at once as one after the other."""
+    outputs = {}
+    for limit in (1, 2):
+        config = digits_config(tmp_path / str(limit), strategies=["badge", "lfosa"], seeds=[0, 1],
+                               **{"scoring.mode": "inline", "features.extractor": "pixels", "features.params": {"components": 16},
+                                  "model.classifier": "linear", "execution.torch_threads": 1,
+                                  "execution.max_concurrent_trajectories": limit, "al.rounds": 2})
+        run_experiment(prepare_experiment(config, log=lambda _: None), log=lambda _: None)
+        outputs[limit] = pd.read_parquet(tmp_path / str(limit) / "queries.parquet").sort_values(["strategy", "seed", "round", "id"])
+    pd.testing.assert_frame_equal(outputs[1].reset_index(drop=True), outputs[2].reset_index(drop=True))

@@ -27,10 +27,10 @@ DATA_TASK_CPUS = 1.0
 def trajectory_footprint(config: ExperimentConfig, resident: bool = False) -> float:
     """The CPUs one trajectory holds: its task plus, with streaming passes, the larger of its scoring
     actors and its training workers (0 in-process), which it holds one after the other; with
-    resident scorers, both (the scorers stay alive while it trains)."""
+    resident scorers, both (the scorers stay alive while it trains); inline scoring, none."""
     scoring = config.scoring
     actors = scoring.max_actors if scoring.max_actors is not None else scoring.num_actors
-    scoring_cpus = (scoring.num_actors if resident else actors) * scoring.cpus_per_actor
+    scoring_cpus = 0.0 if scoring.mode == "inline" else (scoring.num_actors if resident else actors) * scoring.cpus_per_actor
     training_cpus = config.train.num_workers * config.train.cpus_per_worker
     held = scoring_cpus + training_cpus if resident else max(scoring_cpus, training_cpus)
     return config.execution.cpus_per_trajectory + held
@@ -49,7 +49,8 @@ def concurrency_limit(config: ExperimentConfig, trajectories: int, cluster_cpus:
     wanted = config.execution.max_concurrent_trajectories
     if wanted is None:
         cpus = cluster_cpus or 1.0
-        reserved = 0.0 if resident else max(DATA_TASK_CPUS, config.scoring.cpus_per_read)
+        streams = not resident and config.scoring.mode != "inline"
+        reserved = max(DATA_TASK_CPUS, config.scoring.cpus_per_read) if streams else 0.0
         footprint = trajectory_footprint(config, resident)
         wanted = max(1, math.floor((cpus - reserved) / footprint + 1e-9)) if footprint > 0 else trajectories
         if config.train.num_workers == 0:

@@ -52,8 +52,9 @@ def score_pool(
 ) -> PoolScores:
     """Score every pool row; returns ids (sorted) and the requested columns.
 
-    ``resident``: on this process's resident scorers for the pool (``osal_ray.scoring.resident``,
-    started on first use and kept across rounds), else one streaming Ray Data pass.
+    ``scoring.mode`` inline: in this process (``osal_ray.scoring.inline``); else ``resident``: on this
+    process's resident scorers for the pool (``osal_ray.scoring.resident``, started on first use and
+    kept across rounds), else one streaming Ray Data pass.
 
     ``timings`` (if given) receives ``score`` (the Ray Data pass, until the last batch arrived)
     and ``gather`` (the driver's concatenation and sort).
@@ -67,6 +68,14 @@ def score_pool(
 
     inputs = network_inputs or {}
     stored = stored_columns_for(columns) | {inputs.get(network, "image") for network in networks_for(columns)}
+    if scoring.mode == "inline":
+        from osal_ray.scoring.inline import score_inline
+
+        started = time.perf_counter()
+        result = score_inline(manifest, frozenset(stored), checkpoints, list(columns), context or {}, scoring.batch_size)
+        if timings is not None:
+            timings["score"], timings["gather"] = time.perf_counter() - started, 0.0
+        return result
     if resident:
         from osal_ray.scoring.resident import resident_scorers
 
