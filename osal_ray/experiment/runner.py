@@ -7,6 +7,8 @@ an output directory of another configuration) without Ray; ``run_experiment`` ne
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -149,6 +151,26 @@ def run_experiment(prepared: PreparedExperiment, log: Callable[[str], None] = pr
             prepared.lock.release()
 
 
+# While trajectories run, the tables and curves are rewritten at most this often (each rewrite reads
+# every state: rewriting them after every round of a benchmark cell of hundreds of trajectories cost
+# more than the rounds); they are always written when the run ends.
+TABLES_EVERY_S = 10.0
+
+
+class Every:
+    """Called, says whether ``seconds`` have passed since it last said so (yes the first time)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.last = seconds, -math.inf
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
+
+
 def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Callable[[dict[str, Any]], None] | None,
          on_phase: Callable[[str, str], None]) -> dict[str, Any]:
     config, output_dir = prepared.config, prepared.output_dir
@@ -171,13 +193,20 @@ def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Calla
     def ordered() -> list[RunState]:
         return [states[key] for key in order if key in states] + [s for key, s in states.items() if key not in order]
 
+    tables_due, curves_due = Every(TABLES_EVERY_S), Every(TABLES_EVERY_S)
+
     def on_round(state: RunState, record: RoundRecord) -> None:
         nonlocal result
         states[(state.strategy, state.seed)] = state
         log(round_row(state.strategy, state.seed, record))
-        result = write_tables(output_dir, ordered(), _catalogs(prepared))
+        if report is not None or tables_due():  # a sweep's scheduler reads every round's result
+            result = write_tables(output_dir, ordered(), _catalogs(prepared))
         if report is not None:
             report(result)
+
+    def on_done() -> None:
+        if curves_due():
+            plot_curves(rounds_frame(ordered()), output_dir / "curves.png", title=config.name)
 
     jobs = _jobs(prepared)
     # People label through one shared round folder, and a Tune trial is one slot of a sweep: both run in the driver.
@@ -197,7 +226,7 @@ def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Calla
                 on_phase("preparing", f"seed {prepared_seed.seed}: stored columns (CLIP embeddings, frozen features)")
             for job in _jobs(prepared, [with_stored_columns(config, prepared.plans, prepared_seed, log)], mode.resident):
                 states[job.key] = run_trajectory(job.context(log, on_round, on_phase), states.get(job.key))
-                plot_curves(rounds_frame(states.values()), output_dir / "curves.png", title=config.name)
+                on_done()
     else:
         stored = []
         for prepared_seed in prepared.seeds:
@@ -208,9 +237,10 @@ def _run(prepared: PreparedExperiment, log: Callable[[str], None], report: Calla
         log(f"{len(jobs)} trajectories, at most {limit} at once (execution.max_concurrent_trajectories)")
         failed = run_concurrently(
             jobs, states, limit, log, on_round=lambda state: on_round(state, state.rounds[-1]), on_phase=on_phase,
-            on_done=lambda key: plot_curves(rounds_frame(ordered()), output_dir / "curves.png", title=config.name),
+            on_done=lambda key: on_done(),
         )
     result = write_tables(output_dir, ordered(), _catalogs(prepared), failed=_failures(failed))
+    plot_curves(rounds_frame(ordered()), output_dir / "curves.png", title=config.name)
     if human:
         on_phase("publishing", "writing the next round's queries")
         _publish(prepared, states, log)
