@@ -335,13 +335,15 @@ class ExecutionConfig:
     at once: null (auto) runs as many as the cluster's CPUs hold at the same time (the resources
     each reserves, and the torch threads of its in-process training); 1 runs them one after the
     other in the driver process. Runs with people as annotators always run in the driver.
-    ``torch_threads``: torch's threads for in-process training and selection (null: torch's default,
-    every core), the same in the driver and in every trajectory's task.
+    ``torch_threads``: torch's threads for a trajectory's in-process training, scoring and selection
+    (null: torch's default, every core). The default, 1, lets the automatic limit run one trajectory
+    per core; floating-point sums depend on the count, so each trajectory records the count it started
+    with and keeps it when resumed (one saved before it was recorded keeps torch's default).
     """
 
     max_concurrent_trajectories: int | None = None
     cpus_per_trajectory: float = 0.1
-    torch_threads: int | None = None
+    torch_threads: int | None = 1
 
     def check(self) -> None:
         if self.max_concurrent_trajectories is not None:

@@ -147,3 +147,29 @@ def test_a_failed_trajectory_fails_alone_and_is_reported(sequential, digits_conf
     pd.testing.assert_frame_equal(finished[ROUND_COLUMNS].reset_index(drop=True),
                                   reference[reference["strategy"] != "entropy"][ROUND_COLUMNS].reset_index(drop=True))
     assert RunState.load(out / "runs" / "entropy" / "seed_1" / "state.json").completed_round == 1  # kept at its last good round
+
+
+@pytest.mark.ray
+def test_a_trajectory_keeps_the_torch_threads_it_started_with(ray_session, digits_config, tmp_path):
+    """New runs record execution.torch_threads (default 1); a run saved before the count was recorded
+    resumes with torch's default, as it ran then, whatever the config now says."""
+    from osal_ray.experiment.runner import default_torch_threads
+
+    default = default_torch_threads()
+    out = tmp_path / "out"
+    quiet = dict(log=lambda _: None)
+    config = digits_config(out, strategies=["entropy"], **{"al.rounds": 1, "execution.max_concurrent_trajectories": 1})
+    assert config.execution.torch_threads == 1
+    try:
+        run_experiment(prepare_experiment(config, **quiet), **quiet)
+        path = out / "runs" / "entropy" / "seed_0" / "state.json"
+        saved = json.loads(path.read_text())
+        assert saved["torch_threads"] == 1
+        del saved["torch_threads"]  # as an older osal_ray wrote it
+        path.write_text(json.dumps(saved))
+        longer = digits_config(out, strategies=["entropy"], **{"al.rounds": 2, "execution.max_concurrent_trajectories": 1})
+        run_experiment(prepare_experiment(longer, **quiet), **quiet)
+        assert torch.get_num_threads() == default  # the trajectory ran its second round on torch's default
+        assert json.loads(path.read_text())["torch_threads"] is None  # and keeps saying so
+    finally:
+        torch.set_num_threads(default)

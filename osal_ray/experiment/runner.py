@@ -261,18 +261,30 @@ def _jobs(prepared: PreparedExperiment, seeds: list[PreparedSeed] | None = None,
                       manifest=seed.manifest, annotator=seed.annotator,
                       run_location=run_location(config.resolved_storage(), name, seed.seed),
                       checkpoint_location=storage.join(config.resolved_storage(), "checkpoints"),
-                      staging=prepared.output_dir / "staging", resident_scoring=resident)
+                      staging=prepared.output_dir / "staging", resident_scoring=resident,
+                      default_threads=default_torch_threads())
         for seed in (prepared.seeds if seeds is None else seeds)
         for name, plan in prepared.plans.items()
     ]
+
+
+_DEFAULT_THREADS: list[int] = []  # torch's own default in this process, before any run set it
+
+
+def default_torch_threads() -> int:
+    """Torch's default thread count in this process (what ``execution.torch_threads: null`` means)."""
+    import torch
+
+    if not _DEFAULT_THREADS:
+        _DEFAULT_THREADS.append(torch.get_num_threads())
+    return _DEFAULT_THREADS[0]
 
 
 def set_torch_threads(config: ExperimentConfig) -> int:
     """Apply ``execution.torch_threads`` to this process (the driver); return torch's threads."""
     import torch
 
-    if config.execution.torch_threads is not None:
-        torch.set_num_threads(config.execution.torch_threads)
+    torch.set_num_threads(config.execution.torch_threads or default_torch_threads())
     return torch.get_num_threads()
 
 

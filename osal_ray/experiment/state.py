@@ -92,6 +92,9 @@ class RunState:
     # Strategy parameters this run was saved without (an older osal_ray): it keeps their legacy values.
     legacy_params: list[str] = field(default_factory=list)
     corrections: list[dict[str, Any]] = field(default_factory=list)  # labels changed after their round closed, applied
+    # Torch's threads this trajectory computes with (sums depend on it); None: torch's default, as every
+    # run did before the count was recorded.
+    torch_threads: int | None = None
 
     def annotated_ids(self) -> np.ndarray:
         """Every sample a person (or the oracle) has answered for: no longer a candidate."""

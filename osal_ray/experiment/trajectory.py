@@ -55,6 +55,7 @@ class TrajectoryJob:
     checkpoint_location: str
     staging: Path
     resident_scoring: bool = False
+    default_threads: int = 1  # torch's default in the driver: what a trajectory saved without a count keeps
 
     @property
     def key(self) -> tuple[str, int]:
@@ -86,8 +87,10 @@ def run_trajectory(ctx: RunContext, state: RunState | None) -> RunState:
     specs = {recipe.name: recipe.spec(ctx.manifest) for recipe in ctx.plan.networks}
     state_path = storage.join(ctx.run_location, STATE_FILE)
     if state is None:
-        state = RunState(ctx.plan.name, ctx.seed, run_settings(ctx.config, ctx.plan, ctx.seed))
+        state = RunState(ctx.plan.name, ctx.seed, run_settings(ctx.config, ctx.plan, ctx.seed),
+                         torch_threads=ctx.config.execution.torch_threads or ctx.default_threads)
         state.rng_state = np.random.default_rng(np.random.SeedSequence([ctx.seed, 0xA1])).bit_generator.state
+    _use_threads(state.torch_threads or ctx.default_threads)
     if state.completed_round < 0:
         record = _initial_round(ctx, state, specs)
         state.save(state_path)
@@ -108,6 +111,13 @@ def run_trajectory(ctx: RunContext, state: RunState | None) -> RunState:
             return state
         _select_round(ctx, state, specs, state.completed_round + 1)
         state.save(state_path)
+
+
+def _use_threads(threads: int) -> None:
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _initial_round(ctx: RunContext, state: RunState, specs: dict[str, NetworkSpec]) -> RoundRecord:
