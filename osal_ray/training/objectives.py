@@ -226,3 +226,4 @@ def contrastive_view(x: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     brightness = (0.8 * torch.rand(n, 1, 1, 1, generator=generator) - 0.4).to(x.device)
     noise = 0.1 * torch.randn(x.shape, generator=generator).to(x.device)
     return out * contrast + brightness + noise
+from osal_ray.training import open_set_objectives  # noqa: E402,F401  (registers energy_margin, pseudo_classes, negative_learning)
