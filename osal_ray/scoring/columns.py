@@ -164,7 +164,7 @@ def _energy_gap(inputs: ColumnInputs) -> torch.Tensor:
     return (torch.logsumexp(logits.masked_fill(top, float("-inf")), dim=1) - torch.logsumexp(logits, dim=1)).clamp_min(-1e4)
 
 
-@register_column("open_logits", "E2OAL: the classifier's open head, K known then m pseudo-class logits, (N, K + m)",
+@register_column("open_logits", "E2OAL: the classifier's open head, K known then m pseudo-class logits, (N, D) with D = K + m",
                  network="classifier")
 def _open_logits(inputs: ColumnInputs) -> torch.Tensor:
     return _classifier(inputs).extras["open_logits"]

@@ -108,7 +108,9 @@ def pseudo_labels(features: np.ndarray, count: int, init: np.ndarray | None, see
 class NegativeLearning(Objective):
     """BUAL's negative network: CE on the known samples for the first 1 - ``nl_fraction`` of the epochs,
     then -log(clamp(1 - p_j, 1e-5)) of a random wrong class j: for a labeled known any class but its
-    own, for a pool sample (label K, its label unknown) any class."""
+    own, for a pool sample (label K, its label unknown) any class. The classifier layer is
+    re-initialised when negative learning starts: the reference trains a second, fresh linear head
+    on the positively trained backbone."""
 
     params_type = NegativeLearningParams
 
@@ -118,7 +120,10 @@ class NegativeLearning(Objective):
         self.negative = False
 
     def start_epoch(self, model, x, y, epoch, epochs):
-        self.negative = self.k > 1 and epoch >= int(round((1.0 - self.params.nl_fraction) * epochs))
+        negative = self.k > 1 and epoch >= int(round((1.0 - self.params.nl_fraction) * epochs))
+        if negative and not self.negative and epoch > 0:
+            getattr(model, "module", model).head.reset_parameters()
+        self.negative = negative
 
     def loss(self, model, x, y, index):
         logits = model(x)
