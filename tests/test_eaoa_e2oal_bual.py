@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from sklearn.mixture import GaussianMixture
@@ -23,6 +22,7 @@ from osal_ray.errors import InputError
 from osal_ray.models.base import NetworkOutput
 from osal_ray.scoring.columns import COLUMNS, ColumnInputs
 from osal_ray.strategies import LabeledScores, PoolScores, QueryContext, get_strategy
+from test_quotas_precision import _reference_length  # the reference code's candidate-length loop
 
 K = 3
 
@@ -96,6 +96,14 @@ def _split(o, columns):
     return pool, labeled
 
 
+def _first_round(name: str, o, columns, seed: int = 0, params=None):
+    """The strategy, its pool and labeled scores from outputs ``o``, and its first-round selection of 30."""
+    pool, labeled = _split(o, columns(o))
+    strategy = get_strategy(name)
+    return strategy, pool, labeled, strategy.select(pool, 30, QueryContext(K, np.random.default_rng(seed), params or {},
+                                                                          labeled=labeled))
+
+
 def _with_previous(labeled: LabeledScores, known_share: float, count: int = 20):
     """The labeled set plus last round's ``count`` picks (ids 9000...), ``known_share`` of them known; their carry."""
     ids = np.arange(count) + 9000
@@ -136,9 +144,7 @@ def _eaoa_columns(o):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_eaoa_equals_the_reference_selection(seed):
     o = _outputs(seed)
-    pool, labeled = _split(o, _eaoa_columns(o))
-    strategy = get_strategy("eaoa")
-    first = strategy.select(pool, 30, QueryContext(K, np.random.default_rng(seed), labeled=labeled))
+    strategy, pool, labeled, first = _first_round("eaoa", o, _eaoa_columns, seed)
     assert set(first.indices.tolist()) == _reference_eaoa(o, 30, 5, seed)
     assert first.values["k"] == 5 and first.values["n_filled"] == 0
     # Next round: last round's picks were 90% known (> 0.6 + 0.05), so k grows by 1.
@@ -170,17 +176,6 @@ def _reference_js(p, q, eps=1e-8):
     return 0.5 * (kl(p) + kl(q))
 
 
-def _reference_find_threshold(probs, uncerts, target_sum, top_k):
-    order = np.argsort(-probs)
-    if target_sum <= 0:
-        return len(probs)
-    for k in range(top_k, len(probs) + 1):
-        chosen = order[:k][np.argsort(-uncerts[order[:k]])[:top_k]]
-        if int(probs[chosen].sum()) <= target_sum:
-            return k
-    return len(probs)
-
-
 def _reference_e2oal(o, budget, temp_target, seed):
     n, logits = o["n"], o["open"]
     maxlogit = logits[:, :K].max(1) - logits[:, K:].max(1)
@@ -189,7 +184,7 @@ def _reference_e2oal(o, budget, temp_target, seed):
     probs = base / base.sum(1, keepdims=True)
     u = _reference_js(probs, np.eye(K)[probs.argmax(1)]) * _reference_js(probs, np.full_like(probs, 1 / K))
     prob1 = _gmm_posterior(np.concatenate([maxlogit[n:], maxlogit[:n]]), maxlogit[:n], 3, _first_seed(seed))
-    length = _reference_find_threshold(prob1, u, temp_target * budget, budget)
+    length = _reference_length(prob1, u, temp_target * budget, budget)
     return _per_class(pred, maxlogit[:n], u, math.ceil(length / K), math.ceil(budget / K)), length
 
 
@@ -200,9 +195,7 @@ def _e2oal_columns(o):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_e2oal_equals_the_reference_selection(seed):
     o = _outputs(seed)
-    pool, labeled = _split(o, _e2oal_columns(o))
-    strategy = get_strategy("e2oal")
-    first = strategy.select(pool, 30, QueryContext(K, np.random.default_rng(seed), labeled=labeled))
+    strategy, pool, labeled, first = _first_round("e2oal", o, _e2oal_columns, seed)
     expected, length = _reference_e2oal(o, 30, 0.6, seed)
     assert set(first.indices.tolist()) == expected and first.values["candidate_length"] == length
     # Next round: 30% precision last round, so the working target rises to 0.6 + (0.6 - 0.3) = 0.9.
@@ -263,10 +256,8 @@ def _bual_columns(o):
 @pytest.mark.parametrize("kind", ["confidence", "margin", "entropy"])
 def test_bual_equals_the_reference_selection(kind):
     o = _outputs(5)
-    pool, labeled = _split(o, _bual_columns(o))
-    strategy = get_strategy("bual")
     params = {"uncertainty": kind}
-    first = strategy.select(pool, 30, QueryContext(K, np.random.default_rng(0), params, labeled=labeled))
+    strategy, pool, labeled, first = _first_round("bual", o, _bual_columns, 0, params)
     assert set(first.indices.tolist()) == _reference_bual(o, 30, 0.0, kind)
     both, carry = _with_previous(labeled, 0.4)
     second = strategy.select(pool, 30, QueryContext(K, np.random.default_rng(0), params, labeled=both, carry=carry))
@@ -418,14 +409,7 @@ def test_negative_learning_switches_to_wrong_labels_and_resets_the_layer():
     ("bual", {"pool_sample": 200}, {"classifier", "detector", "negative"}),
 ])
 def test_two_round_run_on_digits(ray_session, digits_config, tmp_path, strategy, params, expected_networks):
-    from osal_ray.experiment import prepare_experiment, run_experiment
+    """Two rounds through Ray: the rounds, the networks trained, the queries (the check of the other methods)."""
+    from test_ll_eoal_mqnet import test_two_round_run_on_digits as two_rounds
 
-    config = digits_config(tmp_path / strategy, strategies=[strategy], strategy_params={strategy: params})
-    run_experiment(prepare_experiment(config, log=lambda _: None), log=lambda _: None)
-    out = config.resolved_output_dir()
-    rounds = pd.read_parquet(out / "rounds.parquet")
-    assert rounds["round"].tolist() == [0, 1, 2] and (rounds["budget_spent"] == [0, 10, 20]).all()
-    assert rounds["accuracy"].between(0.5, 1.0).all()
-    assert {name.split("-")[3] for name in (p.name for p in (out / "checkpoints").iterdir())} == expected_networks
-    queries = pd.read_parquet(out / "queries.parquet")
-    assert len(queries) == 20 and queries["id"].is_unique
+    two_rounds(ray_session, digits_config, tmp_path, strategy, params, expected_networks)

@@ -18,6 +18,12 @@ WEIGHT_REDUCTIONS = allowed(WeightReduction)
 CLASS_WEIGHTS = tuple(w for w in allowed(ClassWeights) if w != "auto")  # detector.class_weights once resolved
 
 
+def check_temperature(where: str, temperature: float) -> None:
+    """Refuse a temperature that is not positive (the detector's, ``detector.temperature``)."""
+    if not temperature > 0:
+        refuse(where, "temperature", "must be positive")
+
+
 @dataclass(frozen=True)
 class CrossEntropyParams(Params):
     """Cross-entropy of softmax(logits / temperature); the defaults are plain cross-entropy (the classifier)."""
@@ -80,8 +86,7 @@ class EntropicOpenSetParams(OpenSetLossParams):
 
     def check(self, where: str) -> None:
         super().check(where)
-        if not self.temperature > 0:
-            refuse(where, "temperature", "must be positive")
+        check_temperature(where, self.temperature)
 
 
 @dataclass(frozen=True)
@@ -120,8 +125,7 @@ class EnergyMarginParams(EnergyLossParams):
 
     def check(self, where: str) -> None:
         super().check(where)
-        if not self.temperature > 0:
-            refuse(where, "temperature", "must be positive")
+        check_temperature(where, self.temperature)
 
 
 @dataclass(frozen=True)
