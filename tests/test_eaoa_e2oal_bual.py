@@ -399,6 +399,12 @@ def test_negative_learning_switches_to_wrong_labels_and_resets_the_layer():
     with torch.no_grad():
         terms = -torch.log(1 - torch.softmax(model(x), dim=1))  # the loss is a mean of some of these
     assert float(terms.min()) <= loss.item() <= float(terms.max())
+    after = model.head.weight.detach().clone()
+    objective.start_epoch(model, x, y, 6, 10)
+    assert torch.equal(after, model.head.weight)  # reset once, when negative learning starts
+    resumed = OBJECTIVES.get("negative_learning")({"nl_fraction": 0.5}, K, y.numpy(), torch.device("cpu"), torch.Generator())
+    resumed.start_epoch(model, x, y, 7, 10)  # a run resumed past the switch keeps its layer
+    assert resumed.negative and torch.equal(after, model.head.weight)
 
 
 # ----------------------------------------------------------------------------- through Ray

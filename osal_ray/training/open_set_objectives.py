@@ -53,7 +53,9 @@ class PseudoClasses(Objective):
     being the pseudo-class K + its k-means cluster. The unknowns are clustered on their frozen
     features (the input, when the network reads a cached feature column: once) or else on the
     network's L2-normalised embedding at the start of every epoch, each k-means started from the
-    previous epoch's centres so that pseudo-class numbers stay put."""
+    previous epoch's centres so that pseudo-class numbers stay put (a run resumed from a checkpoint
+    starts its k-means afresh). Every worker holds the whole training set and the same seed, so all
+    workers cluster alike."""
 
     params_type = PseudoClassParams
 
@@ -120,10 +122,10 @@ class NegativeLearning(Objective):
         self.negative = False
 
     def start_epoch(self, model, x, y, epoch, epochs):
-        negative = self.k > 1 and epoch >= int(round((1.0 - self.params.nl_fraction) * epochs))
-        if negative and not self.negative and epoch > 0:
+        switch = int(round((1.0 - self.params.nl_fraction) * epochs))
+        self.negative = self.k > 1 and epoch >= switch
+        if self.negative and epoch == switch and switch > 0:  # once (a run resumed later keeps its layer)
             getattr(model, "module", model).head.reset_parameters()
-        self.negative = negative
 
     def loss(self, model, x, y, index):
         logits = model(x)
