@@ -295,6 +295,7 @@ def test_bual_fills_from_the_predicted_unknowns_when_too_few_remain():
     ("e2oal", {"components": 1}, "components"),
     ("e2oal", {"target_precision": -0.1}, "target_precision"),
     ("e2oal", {"open_weight": -1.0}, "open_weight"),
+    ("e2oal", {"open_loss": "mse"}, "open_loss"),
     ("bual", {"pool_sample": 0}, "pool_sample"),
     ("bual", {"uncertainty": "bald"}, "uncertainty"),
     ("bual", {"nl_fraction": 0.0}, "nl_fraction"),
@@ -309,7 +310,8 @@ def test_impossible_parameters_are_refused(name, params, key):
 def test_defaults_are_the_reference_codes():
     assert get_strategy("eaoa").defaults == {"energy_weight": 0.01, "m_in": -25.0, "m_out": -7.0, "k": 5.0, "step": 1.0,
                                              "tolerance": 0.05, "target_precision": 0.6, "neighbours": 250}
-    assert get_strategy("e2oal").defaults == {"open_weight": 1.0, "pseudo_classes": 0, "components": 3, "target_precision": 0.6}
+    assert get_strategy("e2oal").defaults == {"open_weight": 1.0, "open_loss": "edl", "pseudo_classes": 0, "components": 3,
+                                              "target_precision": 0.6}
     assert get_strategy("bual").defaults == {"nl_fraction": 0.5, "pool_sample": 5000, "uncertainty": "confidence"}
 
 
@@ -372,13 +374,31 @@ def test_pseudo_classes_split_the_unknowns_by_kmeans_on_frozen_features():
     x = torch.cat([torch.randn(6, 4), torch.randn(5, 4) * 0.05 + torch.tensor([5.0, 0, 0, 0]),
                    torch.randn(5, 4) * 0.05 + torch.tensor([0, 5.0, 0, 0])])
     y = torch.tensor([0, 1, 2, 0, 1, 2] + [K] * 10)
-    objective = OBJECTIVES.get("pseudo_classes")({"open_weight": 1.0}, K, y.numpy(), torch.device("cpu"), torch.Generator().manual_seed(0))
+    objective = OBJECTIVES.get("pseudo_classes")({"open_weight": 1.0, "open_loss": "cross_entropy"}, K, y.numpy(), torch.device("cpu"), torch.Generator().manual_seed(0))
     objective.start_epoch(model, x, y, 0, 3)
     targets = objective.targets
     assert targets[:6].tolist() == y[:6].tolist()
     assert len(set(targets[6:11].tolist())) == 1 and len(set(targets[11:].tolist())) == 1
     assert {int(targets[6]), int(targets[11])} == {K, K + 1}  # the two groups are the two pseudo-classes
     assert torch.isfinite(objective.loss(model, x, y, torch.arange(16)))
+
+
+def test_the_evidential_loss_is_the_references():
+    from scipy.special import digamma, gammaln
+
+    from osal_ray.training.open_set_objectives import evidential_loss
+
+    rng = np.random.default_rng(0)
+    logits, targets = rng.normal(size=(7, 5)) * 4, rng.integers(0, 5, 7)
+    alpha = np.exp(np.clip(logits, -10, 10)) + 1
+    y = np.eye(5)[targets]
+    nll = (y * (np.log(alpha.sum(1, keepdims=True) + 1e-8) - np.log(alpha + 1e-8))).sum(1)
+    new = y + (1 - y) * alpha
+    s = new.sum(1, keepdims=True)
+    kl = (gammaln(s[:, 0]) - gammaln(5.0) - gammaln(new).sum(1) + ((new - 1) * (digamma(new) - digamma(s))).sum(1)) / 5
+    for weight in (0.0, 0.3, 1.0):
+        ours = evidential_loss(torch.as_tensor(logits), torch.as_tensor(targets), weight)
+        assert float(ours) == pytest.approx(nll.mean() + weight * kl.mean(), rel=1e-9)
 
 
 def test_negative_learning_switches_to_wrong_labels_and_resets_the_layer():

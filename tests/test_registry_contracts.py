@@ -45,7 +45,7 @@ OBJECTIVE_PARAMS: dict[str, dict] = {
     "eoal": {"temperature": 0.5, "pareto_alpha": 0.8, "cluster_weight": 0.1, "clusters_per_class": 1},
     "simclr": {"temperature": 0.5},
     "energy_margin": {"temperature": 0.5, "energy_weight": 0.01, "m_in": -25.0, "m_out": -7.0},
-    "pseudo_classes": {"open_weight": 1.0},
+    "pseudo_classes": {"open_weight": 1.0, "open_loss": "edl"},
     "negative_learning": {"nl_fraction": 1.0},  # negative learning from the first epoch (the phase with its own loss)
 }
 

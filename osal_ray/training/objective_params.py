@@ -128,16 +128,23 @@ class EnergyMarginParams(EnergyLossParams):
         check_temperature(where, self.temperature)
 
 
+OPEN_LOSSES = ("edl", "cross_entropy")
+
+
 @dataclass(frozen=True)
 class PseudoClassParams(Params):
-    """E2OAL's classifier: cross-entropy of the K-way logits on the knowns plus ``open_weight`` x the
-    cross-entropy of the open head's K + m logits, the labeled unknowns split into m k-means pseudo-classes."""
+    """E2OAL's classifier: cross-entropy of the K-way logits on the knowns plus ``open_weight`` x the loss
+    of the open head's K + m logits (``open_loss``: the reference's evidential ``edl`` or ``cross_entropy``),
+    the labeled unknowns split into m k-means pseudo-classes."""
 
     open_weight: float = 1.0
+    open_loss: str = "edl"
 
     def check(self, where: str) -> None:
         if not self.open_weight >= 0:
             refuse(where, "open_weight", "must be >= 0")
+        if self.open_loss not in OPEN_LOSSES:
+            refuse(where, "open_loss", f"must be one of {', '.join(OPEN_LOSSES)}")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ Registered on import (``osal_ray.training.objectives`` imports this module).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -49,7 +51,7 @@ class EnergyMargin(Objective):
 @register_objective("pseudo_classes")
 class PseudoClasses(Objective):
     """E2OAL's classifier (head ``pseudo_classes``): CE of the K-way logits on the known samples, plus
-    ``open_weight`` x CE of the open head's K + m logits on every sample, a labeled unknown (label K)
+    ``open_weight`` x the evidential loss (or CE) of the open head's K + m logits on every sample, a labeled unknown (label K)
     being the pseudo-class K + its k-means cluster. The unknowns are clustered on their frozen
     features (the input, when the network reads a cached feature column: once) or else on the
     network's L2-normalised embedding at the start of every epoch, each k-means started from the
@@ -66,9 +68,11 @@ class PseudoClasses(Objective):
         self.targets = torch.as_tensor(np.asarray(labels), dtype=torch.long).clone()
         self.centres: np.ndarray | None = None
         self.frozen = False
+        self.epoch = 0
 
     @torch.no_grad()
     def start_epoch(self, model, x, y, epoch, epochs):
+        self.epoch = epoch
         if not bool(self.unknown.any()) or self.frozen:
             return
         module = getattr(model, "module", model)
@@ -90,7 +94,28 @@ class PseudoClasses(Objective):
         known = y < self.k
         loss = F.cross_entropy(out["logits"][known], y[known]) if bool(known.any()) else _none_loss(out["logits"])
         targets = self.targets[index.cpu()].to(y.device)
-        return loss + self.params.open_weight * F.cross_entropy(out["open_logits"], targets)
+        if self.params.open_loss == "edl":
+            open_loss = evidential_loss(out["open_logits"], targets, min(1.0, self.epoch / 10.0))
+        else:
+            open_loss = F.cross_entropy(out["open_logits"], targets)
+        return loss + self.params.open_weight * open_loss
+
+
+def evidential_loss(logits: torch.Tensor, targets: torch.Tensor, kl_weight: float) -> torch.Tensor:
+    """Evidential deep learning (Sensoy et al., 2018), as E2OAL's reference trains its open head: Dirichlet
+    alpha = exp(clamp(logits, -10, 10)) + 1; the expected negative log-likelihood of the target under it,
+    plus ``kl_weight`` x KL(Dir(alpha with the target's evidence removed) || Dir(1)) / classes (the
+    reference anneals the weight as min(1, epoch / 10))."""
+    classes = logits.shape[1]
+    alpha = torch.exp(torch.clamp(logits, -10, 10)) + 1
+    one_hot = F.one_hot(targets, classes).float()
+    total = alpha.sum(dim=1, keepdim=True)
+    nll = (one_hot * (torch.log(total + 1e-8) - torch.log(alpha + 1e-8))).sum(dim=1)
+    rest = one_hot + (1.0 - one_hot) * alpha
+    s = rest.sum(dim=1, keepdim=True)
+    kl = (torch.lgamma(s).squeeze(1) - math.lgamma(classes) - torch.lgamma(rest).sum(dim=1)
+          + ((rest - 1.0) * (torch.digamma(rest) - torch.digamma(s))).sum(dim=1))
+    return nll.mean() + kl_weight * (kl / classes).mean()
 
 
 def pseudo_labels(features: np.ndarray, count: int, init: np.ndarray | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
