@@ -167,6 +167,22 @@ def test_eaoa_k_and_neighbours_reach_the_selection():
     assert set(run({"neighbours": 5}).indices.tolist()) == _reference_eaoa(o, 30, 5, 0, neighbours=5)
 
 
+@pytest.mark.parametrize("params, precision, k", [
+    ({}, 0.9, 6),  # above 0.6 + 0.05: one step up
+    ({}, 0.3, 4),  # below 0.6 - 0.05: one step down
+    ({"target_precision": 0.9}, 0.9, 5),  # on target
+    ({"tolerance": 0.35}, 0.9, 5),  # within a wider tolerance
+    ({"step": 2.5}, 0.9, 7.5),
+    ({"k": 1.0}, 0.3, 1.0),  # never below 1
+])
+def test_eaoa_precision_parameters_move_k(params, precision, k):
+    o = _outputs(8)
+    pool, labeled = _split(o, _eaoa_columns(o))
+    both, carry = _with_previous(labeled, precision)
+    selection = get_strategy("eaoa").select(pool, 30, QueryContext(K, np.random.default_rng(0), params, labeled=both, carry=carry))
+    assert selection.values["k"] == k and selection.values["n_candidates"] == int(k) * 10 * K
+
+
 # ----------------------------------------------------------------------------- E2OAL
 def _reference_js(p, q, eps=1e-8):
     p, q = p + eps, q + eps
@@ -176,14 +192,14 @@ def _reference_js(p, q, eps=1e-8):
     return 0.5 * (kl(p) + kl(q))
 
 
-def _reference_e2oal(o, budget, temp_target, seed):
+def _reference_e2oal(o, budget, temp_target, seed, components=3):
     n, logits = o["n"], o["open"]
     maxlogit = logits[:, :K].max(1) - logits[:, K:].max(1)
     pred = logits[:n].argmax(1)
     base = np.exp(o["clf"][:n] - o["clf"][:n].max(1, keepdims=True))
     probs = base / base.sum(1, keepdims=True)
     u = _reference_js(probs, np.eye(K)[probs.argmax(1)]) * _reference_js(probs, np.full_like(probs, 1 / K))
-    prob1 = _gmm_posterior(np.concatenate([maxlogit[n:], maxlogit[:n]]), maxlogit[:n], 3, _first_seed(seed))
+    prob1 = _gmm_posterior(np.concatenate([maxlogit[n:], maxlogit[:n]]), maxlogit[:n], components, _first_seed(seed))
     length = _reference_length(prob1, u, temp_target * budget, budget)
     return _per_class(pred, maxlogit[:n], u, math.ceil(length / K), math.ceil(budget / K)), length
 
@@ -206,6 +222,16 @@ def test_e2oal_equals_the_reference_selection(seed):
     expected, length = _reference_e2oal(o2, 30, min(0.6 + (0.6 - 0.3), 1), seed)  # the reference's arithmetic
     assert set(second.indices.tolist()) == expected and second.values["candidate_length"] == length
     assert second.carry["working_target"][0] == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("params", [{"target_precision": 0.3}, {"components": 2}, {"components": 4, "target_precision": 0.8}])
+def test_e2oal_target_and_components_reach_the_selection(params):
+    o = _outputs(9)
+    _, _, _, selection = _first_round("e2oal", o, _e2oal_columns, 0, params)
+    target, components = params.get("target_precision", 0.6), params.get("components", 3)
+    assert selection.values["working_target"] == target
+    expected, length = _reference_e2oal(o, 30, target, 0, components)
+    assert set(selection.indices.tolist()) == expected and selection.values["candidate_length"] == length
 
 
 def test_e2oal_before_any_unknown_uses_the_largest_known_logit():
