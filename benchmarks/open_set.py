@@ -41,7 +41,7 @@ SETTINGS_FILE = Path(__file__).with_name("open_set_settings.yaml")
 METRICS = ("aubc", "last_accuracy", "final_recall", "mean_precision")
 PAIRED = ("aubc", "final_recall")
 ALL_STRATEGIES = ("random", "uncertainty", "entropy", "margin", "coreset", "badge", "bald", "ll",
-                  "lfosa", "jsosal", "jsosal_no_entropy", "eoal", "mqnet", "osal")
+                  "lfosa", "jsosal", "jsosal_no_entropy", "eoal", "mqnet", "eaoa", "e2oal", "bual", "osal")
 REFERENCE = "random"
 COMMANDS_FILE = "commands.txt"
 

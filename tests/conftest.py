@@ -97,6 +97,16 @@ def synthetic_column(name: str, n: int, k: int, rng: np.random.Generator) -> np.
     if name == "ssl_embedding":
         z = rng.normal(size=(n, 12))
         return (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)
+    if name == "det_energy":  # low (known) and high (unknown) energy groups
+        return np.where(rng.random(n) < 0.5, rng.normal(-8.0, 1.0, n), rng.normal(-2.0, 1.0, n)).astype(np.float32)
+    if name == "energy_gap":
+        return np.log1p(-synthetic_column("probs", n, k, rng).max(1) + 1e-6).astype(np.float32)
+    if name == "open_logits":  # K known then K pseudo-class logits
+        return rng.normal(size=(n, 2 * k)).astype(np.float32)
+    if name == "det_unknown_prob":
+        return rng.uniform(0.0, 1.0, n).astype(np.float32)
+    if name == "neg_probs":
+        return synthetic_column("probs", n, k, rng)
     raise KeyError(f"no synthetic data for score column {name!r}: add a case to tests/conftest.py")
 
 

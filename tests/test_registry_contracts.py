@@ -44,6 +44,9 @@ OBJECTIVE_PARAMS: dict[str, dict] = {
     "learning_loss": {"weight": 1.0, "margin": 1.0, "detach_fraction": 0.6},
     "eoal": {"temperature": 0.5, "pareto_alpha": 0.8, "cluster_weight": 0.1, "clusters_per_class": 1},
     "simclr": {"temperature": 0.5},
+    "energy_margin": {"temperature": 0.5, "energy_weight": 0.01, "m_in": -25.0, "m_out": -7.0},
+    "pseudo_classes": {"open_weight": 1.0, "open_loss": "edl"},
+    "negative_learning": {"nl_fraction": 1.0},  # negative learning from the first epoch (the phase with its own loss)
 }
 
 
@@ -63,7 +66,13 @@ OBJECTIVE_NETWORKS: dict[str, list[tuple[str, str | None]]] = {
     "learning_loss": [("classifier", "loss_prediction")],
     "eoal": [("detector", "ova")],
     "simclr": [("ssl", "projection")],
+    "energy_margin": [("detector", None)],
+    "pseudo_classes": [("classifier", "pseudo_classes")],
+    "negative_learning": [("negative", None)],
 }
+# Objectives whose K-output network also trains on samples of label K (E2OAL's labeled unknowns as
+# pseudo-classes, BUAL's unlabeled pool sample), as the plans' ``with_invalid`` / ``pool_sample`` give them.
+OBJECTIVES_WITH_LABEL_K = {"pseudo_classes", "negative_learning"}
 # Objectives that augment images and refuse any other input (SimCLR's random crops and flips).
 # Nothing in the registry declares this (no input requirement on objectives); with a model that reads a cached
 # feature the contract is a clear ValueError, not a crash deep inside.
@@ -93,6 +102,7 @@ HEAD_KWARGS: dict[str, dict] = {
     "ova": {},
     "projection": {"dim": 5},
     "mc_dropout": {"p": 0.5, "samples": 3},
+    "pseudo_classes": {"count": 3},
 }
 HEAD_EXTRAS = {
     None: lambda n, k: {},
@@ -100,6 +110,7 @@ HEAD_EXTRAS = {
     "ova": lambda n, k: {"ova_logits": (n, 2, k - 1)},  # K+1 network: K one-vs-all heads of [negative, positive]
     "projection": lambda n, k: {"projection": (n, 5)},
     "mc_dropout": lambda n, k: {"bald": (n,)},
+    "pseudo_classes": lambda n, k: {"open_logits": (n, k + 3)},  # K known then count=3 pseudo-class logits
 }
 
 # A pool as the runs see it, reduced to what the network plans and the scoring pass read: 8x8 RGB
@@ -243,16 +254,17 @@ def test_model_and_head(model_name, head, tmp_path, monkeypatch):
 
 
 # ============================================================================ objectives
-ROLE_OUTPUTS = {"classifier": K, "detector": K + 1, "ssl": 1}  # as experiment/networks.py plans them
+ROLE_OUTPUTS = {"classifier": K, "detector": K + 1, "ssl": 1, "negative": K}  # as experiment/networks.py plans them
 
 
-def role_labels(role: str, n: int) -> np.ndarray:
+def role_labels(role: str, n: int, objective: str | None = None) -> np.ndarray:
     """Training labels of a network of ``role`` (networks.NetworkPlan.training_set): the known classes;
-    the detector also has queried unknowns as class K; the self-supervised encoder has label 0 (unused)."""
+    the detector (and the objectives of OBJECTIVES_WITH_LABEL_K) also has samples of label K; the
+    self-supervised encoder has label 0 (unused)."""
     if role == "ssl":
         return np.zeros(n, dtype=np.int64)
     labels = np.arange(n, dtype=np.int64) % K
-    if role == "detector":
+    if role == "detector" or objective in OBJECTIVES_WITH_LABEL_K:
         labels[-(n // 3):] = K
     return labels
 
@@ -277,7 +289,7 @@ def test_objective_one_step(name, role, head, model_name):
     model = spec.build().train()
     n = 12
     x = sample_batch(spec, n)
-    y = torch.as_tensor(role_labels(role, n))
+    y = torch.as_tensor(role_labels(role, n, name))
     objective = make_objective(name, spec.num_outputs, y.numpy())
     if name in OBJECTIVES_NEEDING_IMAGES and spec.input != "image":
         with pytest.raises(ValueError, match="image"):
@@ -317,9 +329,10 @@ def test_objective_cases_cover_every_network_the_strategies_train():
                 problems.append(f"{where}: ({recipe.name}, {recipe.head}) trained with {recipe.objective} is not in OBJECTIVE_NETWORKS")
             if spec.num_outputs != ROLE_OUTPUTS.get(recipe.name):
                 problems.append(f"{where}: {spec.num_outputs} outputs, ROLE_OUTPUTS says {ROLE_OUTPUTS.get(recipe.name)}")
-            _, labels = recipe.training_set(list(range(8)), [i % K for i in range(8)], [8, 9, 10, 11], K, lambda: np.arange(12))
-            if set(labels) != set(role_labels(recipe.name, 12).tolist()):
-                problems.append(f"{where}: trains on labels {sorted(set(labels))}, role_labels gives {sorted(set(role_labels(recipe.name, 12).tolist()))}")
+            _, labels = recipe.training_set(list(range(8)), [i % K for i in range(8)], [8, 9, 10, 11], K, lambda: np.arange(20))
+            expected = set(role_labels(recipe.name, 12, recipe.objective).tolist())
+            if set(labels) != expected:
+                problems.append(f"{where}: trains on labels {sorted(set(labels))}, role_labels gives {sorted(expected)}")
             try:
                 OBJECTIVES.get(recipe.objective)(recipe.objective_params, spec.num_outputs, np.asarray(labels), torch.device("cpu"),
                                                  torch.Generator())

@@ -7,6 +7,8 @@
   ``detector.class_weights`` says (``auto``: the method's own choice) or the strategy's
   objective (EOAL).
 - ``ssl``: a self-supervised encoder, trained once in round 0 on every pool sample (labels unused).
+- ``negative``: a second K-way network (BUAL's negative learning), on the known samples and, as
+  the strategy asks, a random sample of the unlabeled pool.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from osal_ray.strategies import NetworkOptions
 from osal_ray.training.objectives import OBJECTIVES
 from osal_ray.training.recipe import NetworkRecipe
 
-NETWORKS = ("classifier", "detector", "ssl")
+NETWORKS = ("classifier", "detector", "ssl", "negative")
 
 
 def network_recipes(config: ExperimentConfig, strategy_name: str, names: set[str],
@@ -47,6 +49,8 @@ def network_recipes(config: ExperimentConfig, strategy_name: str, names: set[str
                                job_owned=job_owned, include_invalid=True))
     if "ssl" in names:
         recipes.append(_recipe(config, strategy_name, "ssl", model.classifier, options, once=True, whole_pool=True))
+    if "negative" in names:
+        recipes.append(_recipe(config, strategy_name, "negative", model.classifier, options))
     return tuple(recipes)
 
 
@@ -72,6 +76,8 @@ def _recipe(config: ExperimentConfig, strategy_name: str, name: str, model: str,
         head_kwargs=dict(own.head_kwargs),
         objective=objective,
         objective_params=params,
+        with_invalid=own.with_invalid,
+        pool_sample=own.pool_sample,
         **flags,
     )
 

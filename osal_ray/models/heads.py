@@ -143,6 +143,23 @@ class MCDropoutNetwork(HeadNetwork):
         return (entropy_of_mean - expected_entropy).clamp_min(0.0)
 
 
+class PseudoClassNetwork(HeadNetwork):
+    """E2OAL's classifier: the K-way backbone plus an open head of K + m logits on its embedding.
+
+    ``extras["open_logits"]`` (N, K + m): the K known classes, then m pseudo-classes that the labeled
+    unknowns are split into (``count``; 0: as many as the known classes).
+    """
+
+    def __init__(self, backbone: FeatureNetwork, count: int = 0, sample_shape: tuple[int, ...] = ()) -> None:
+        super().__init__(backbone)
+        self.num_known = backbone.head.out_features
+        self.num_pseudo = int(count) if count else self.num_known
+        self.open = nn.Linear(backbone.embedding_dim, self.num_known + self.num_pseudo)
+
+    def extras(self, base: NetworkOutput) -> dict[str, torch.Tensor]:
+        return {"open_logits": self.open(base.embedding)}
+
+
 def _pool(feature: torch.Tensor) -> torch.Tensor:
     return feature.mean(dim=(2, 3)) if feature.dim() == 4 else feature
 
@@ -165,3 +182,4 @@ register_head("loss_prediction")(LossPredictionNetwork)
 register_head("ova")(OneVsAllNetwork)
 register_head("projection")(ProjectionNetwork)
 register_head("mc_dropout")(MCDropoutNetwork)
+register_head("pseudo_classes")(PseudoClassNetwork)

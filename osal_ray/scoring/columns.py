@@ -147,3 +147,34 @@ def _ova_closed_entropy(inputs: ColumnInputs) -> torch.Tensor:
 @register_column("ssl_embedding", "the self-supervised encoder's L2-normalised projection, (N, D)", network="ssl")
 def _ssl_embedding(inputs: ColumnInputs) -> torch.Tensor:
     return inputs.outputs["ssl"].extras["projection"]
+
+
+@register_column("det_energy", "EAOA's detector energy: -logsumexp of the K known logits + softplus of the unknown logit "
+                               "(lower: more like the known classes)", network="detector")
+def _det_energy(inputs: ColumnInputs) -> torch.Tensor:
+    logits = _detector(inputs).logits
+    return -torch.logsumexp(logits[:, :-1], dim=1) + torch.nn.functional.softplus(logits[:, -1])
+
+
+@register_column("energy_gap", "EAOA's aleatoric score: logsumexp of the classifier's logits without the predicted class "
+                               "minus logsumexp of all of them, log(1 - max p) (larger: more ambiguous)", network="classifier")
+def _energy_gap(inputs: ColumnInputs) -> torch.Tensor:
+    logits = _classifier(inputs).logits
+    top = torch.nn.functional.one_hot(logits.argmax(dim=1), logits.shape[1]).bool()
+    return (torch.logsumexp(logits.masked_fill(top, float("-inf")), dim=1) - torch.logsumexp(logits, dim=1)).clamp_min(-1e4)
+
+
+@register_column("open_logits", "E2OAL: the classifier's open head, K known then m pseudo-class logits, (N, D) with D = K + m",
+                 network="classifier")
+def _open_logits(inputs: ColumnInputs) -> torch.Tensor:
+    return _classifier(inputs).extras["open_logits"]
+
+
+@register_column("det_unknown_prob", "the K+1 detector's softmax probability of the unknown class K", network="detector")
+def _det_unknown_prob(inputs: ColumnInputs) -> torch.Tensor:
+    return torch.softmax(_detector(inputs).logits, dim=1)[:, -1]
+
+
+@register_column("neg_probs", "BUAL: softmax class probabilities of the negative-learning network, (N, K)", network="negative")
+def _neg_probs(inputs: ColumnInputs) -> torch.Tensor:
+    return torch.softmax(inputs.outputs["negative"].logits, dim=1)

@@ -3,7 +3,7 @@
 Call one from a notebook with ``query(name, PoolScores(ids, {...}), budget, num_known=K)``.
 """
 
-from osal_ray.strategies import badge, coreset, eoal, learning_loss, mqnet, open_set, osal, standard, vlpure  # noqa: F401  (register the built-in strategies)
+from osal_ray.strategies import badge, bual, coreset, e2oal, eaoa, eoal, learning_loss, mqnet, open_set, osal, standard, vlpure  # noqa: F401  (register the built-in strategies)
 from osal_ray.strategies.base import (
     STRATEGIES,
     LabeledScores,

@@ -102,6 +102,10 @@ class NetworkOptions:
     ``head`` wraps the backbone (see ``osal_ray.models.heads``), ``objective`` names a
     training objective (``osal_ray.training.objectives``), ``train_overrides`` replaces
     ``train`` config values for this network (e.g. more epochs for a self-supervised encoder).
+    ``with_invalid`` adds the invalid (queried unknown) samples to its training set as label K
+    without a K+1-th output (the objective decides what they mean, e.g. E2OAL's pseudo-classes);
+    ``pool_sample`` adds that many unlabeled pool samples, drawn at random each round, as label K
+    (BUAL's negative learning).
     """
 
     head: str | None = None
@@ -109,6 +113,8 @@ class NetworkOptions:
     objective: str | None = None
     objective_params: Mapping[str, Any] = field(default_factory=dict)
     train_overrides: Mapping[str, Any] = field(default_factory=dict)
+    with_invalid: bool = False
+    pool_sample: int = 0
 
 
 Columns = tuple[str, ...] | Callable[[Any], tuple[str, ...]]

@@ -18,6 +18,12 @@ WEIGHT_REDUCTIONS = allowed(WeightReduction)
 CLASS_WEIGHTS = tuple(w for w in allowed(ClassWeights) if w != "auto")  # detector.class_weights once resolved
 
 
+def check_temperature(where: str, temperature: float) -> None:
+    """Refuse a temperature that is not positive (the detector's, ``detector.temperature``)."""
+    if not temperature > 0:
+        refuse(where, "temperature", "must be positive")
+
+
 @dataclass(frozen=True)
 class CrossEntropyParams(Params):
     """Cross-entropy of softmax(logits / temperature); the defaults are plain cross-entropy (the classifier)."""
@@ -80,8 +86,7 @@ class EntropicOpenSetParams(OpenSetLossParams):
 
     def check(self, where: str) -> None:
         super().check(where)
-        if not self.temperature > 0:
-            refuse(where, "temperature", "must be positive")
+        check_temperature(where, self.temperature)
 
 
 @dataclass(frozen=True)
@@ -95,5 +100,67 @@ class SimCLRParams(Params):
             refuse(where, "temperature", "must be positive")
 
 
-__all__ = ["CLASS_WEIGHTS", "WEIGHT_REDUCTIONS", "CrossEntropyParams", "EntropicOpenSetParams", "LossPredictionParams",
-           "NoParams", "OpenSetLossParams", "SimCLRParams"]
+@dataclass(frozen=True)
+class EnergyLossParams(Params):
+    """EAOA's energy loss (Zong et al.): ``energy_weight`` x the squared hinges on the known-class energy
+    E = -logsumexp(known logits), knowns pushed below ``m_in``, labeled unknowns above ``m_out``."""
+
+    energy_weight: float = 0.01
+    m_in: float = -25.0
+    m_out: float = -7.0
+
+    def check(self, where: str) -> None:
+        if not self.energy_weight >= 0:
+            refuse(where, "energy_weight", "must be >= 0")
+        if not self.m_in < self.m_out:
+            refuse(where, "m_in", "must be below m_out (knowns have the lower energy)")
+
+
+@dataclass(frozen=True)
+class EnergyMarginParams(EnergyLossParams):
+    """EAOA's detector objective: the energy loss plus cross-entropy of the K+1 logits / ``temperature``
+    (``detector.temperature``)."""
+
+    temperature: float = DetectorConfig.temperature
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        check_temperature(where, self.temperature)
+
+
+OPEN_LOSSES = ("edl", "cross_entropy")
+
+
+@dataclass(frozen=True)
+class PseudoClassParams(Params):
+    """E2OAL's classifier: cross-entropy of the K-way logits on the knowns plus ``open_weight`` x the loss
+    of the open head's K + m logits (``open_loss``: the reference's evidential ``edl`` or ``cross_entropy``),
+    the labeled unknowns split into m k-means pseudo-classes."""
+
+    open_weight: float = 1.0
+    open_loss: str = "edl"
+
+    def check(self, where: str) -> None:
+        if not self.open_weight >= 0:
+            refuse(where, "open_weight", "must be >= 0")
+        if self.open_loss not in OPEN_LOSSES:
+            refuse(where, "open_loss", f"must be one of {', '.join(OPEN_LOSSES)}")
+
+
+@dataclass(frozen=True)
+class NegativeLearningParams(Params):
+    """BUAL's negative network: positive learning (cross-entropy on the labeled knowns) for the first
+    1 - ``nl_fraction`` of the epochs, then negative learning (-log(1 - p) of a random wrong class) on the
+    labeled knowns and the unlabeled pool sample (whose random label makes every class a possible wrong one)."""
+
+    nl_fraction: float = 0.5
+
+    def check(self, where: str) -> None:
+        if not 0.0 < self.nl_fraction <= 1.0:
+            refuse(where, "nl_fraction", "must be in (0, 1]")
+
+
+__all__ = ["CLASS_WEIGHTS", "WEIGHT_REDUCTIONS", "CrossEntropyParams", "EnergyLossParams", "EnergyMarginParams",
+           "EntropicOpenSetParams",
+           "LossPredictionParams", "NegativeLearningParams", "NoParams", "OpenSetLossParams", "PseudoClassParams",
+           "SimCLRParams"]

@@ -7,6 +7,7 @@ encoder) register their objective here.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
@@ -226,3 +227,6 @@ def contrastive_view(x: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     brightness = (0.8 * torch.rand(n, 1, 1, 1, generator=generator) - 0.4).to(x.device)
     noise = 0.1 * torch.randn(x.shape, generator=generator).to(x.device)
     return out * contrast + brightness + noise
+# EAOA's, E2OAL's and BUAL's objectives live in their own module, which imports this one; importing it here
+# registers them whenever the registry is read.
+importlib.import_module("osal_ray.training.open_set_objectives")
