@@ -19,6 +19,9 @@ from osal_ray.validation import validate_config
 
 QUIET = dict(log=lambda _: None)
 PIXELS = {"features.extractor": "pixels", "features.params": {"components": 16}, "model.classifier": "linear"}
+# A simclr recipe that trains in seconds on digits (8x8).
+TINY_SIMCLR = {"model_kwargs": {"width": 8, "embedding": 24}, "projection_dim": 16, "epochs": 2, "batch_size": 128}
+SIMCLR = {"features.extractor": "simclr", "features.params": TINY_SIMCLR, "model.classifier": "linear"}
 # Strategies that need more than a head on features: VLPure reads CLIP's text towers (its own test), MQNet
 # trains a SimCLR encoder on the images (refused with a clear error, below).
 NOT_ON_HEADS = {"vlpure", "mqnet"}
@@ -51,7 +54,7 @@ def _features(manifest) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_every_extractor_is_tested():
-    assert set(EXTRACTORS.names()) == {"pixels", "clip"}
+    assert set(EXTRACTORS.names()) == {"pixels", "clip", "simclr"}
 
 
 @pytest.mark.ray
@@ -60,13 +63,15 @@ def test_extractor_on_digits(name, ray_session, digits_config, tiny_clip, tmp_pa
     settings = {"features.extractor": name, "model.classifier": "linear"}
     if name == "clip":
         settings["clip"] = tiny_clip
+    if name == "simclr":
+        settings["features.params"] = TINY_SIMCLR
     config = digits_config(tmp_path / "out", **settings)
     validate_config(config)
     manifest = _pool(config, tmp_path)
     featured = ensure_features(manifest, config)
     ids, vectors = _features(featured)
     assert len(ids) == manifest.num_pool and np.isfinite(vectors).all()
-    assert vectors.shape[1] == {"pixels": 64, "clip": TINY_DIM}[name]
+    assert vectors.shape[1] == {"pixels": 64, "clip": TINY_DIM, "simclr": 24}[name]
     test = read_table([f"{featured.directory}/{featured.test_file}"], ["features"])
     assert test.num_rows == manifest.num_test
     assert ensure_features(manifest, config).directory == featured.directory  # stored once, found again
