@@ -22,9 +22,9 @@ PIXELS = {"features.extractor": "pixels", "features.params": {"components": 16},
 # A simclr recipe that trains in seconds on digits (8x8).
 TINY_SIMCLR = {"model_kwargs": {"width": 8, "embedding": 24}, "projection_dim": 16, "epochs": 2, "batch_size": 128}
 SIMCLR = {"features.extractor": "simclr", "features.params": TINY_SIMCLR, "model.classifier": "linear"}
-# Strategies that need more than a head on features: VLPure reads CLIP's text towers (its own test), MQNet
-# trains a SimCLR encoder on the images (refused with a clear error, below).
-NOT_ON_HEADS = {"vlpure", "mqnet"}
+# Strategies that need more than a head on features: VLPure reads CLIP's text towers (its own test). MQNet's
+# purity reads the frozen features there (no SimCLR encoder per run).
+NOT_ON_HEADS = {"vlpure"}
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +136,28 @@ def test_a_features_setting_that_cannot_work_is_refused(settings, field, digits_
     assert raised.value.field == field
 
 
-def test_mqnet_on_features_is_refused_naming_its_encoder(digits_config, tmp_path):
-    with pytest.raises(InputError, match="simclr"):
-        prepare_experiment(digits_config(tmp_path / "out", strategies=["mqnet"], **PIXELS), **QUIET)
+def test_mqnet_purity_reads_the_features_on_features_and_its_encoder_otherwise(digits_config, tmp_path):
+    from osal_ray.experiment.plan import plan_strategy
+
+    on_features = plan_strategy(digits_config(tmp_path / "out", strategies=["mqnet"], **PIXELS), "mqnet")
+    assert on_features.params.purity_source == "features" and "features_embedding" in on_features.columns
+    assert [n.name for n in on_features.networks] == ["classifier"] and on_features.stored_columns == {"features"}
+    on_images = plan_strategy(digits_config(tmp_path / "out", strategies=["mqnet"]), "mqnet")
+    assert on_images.params.purity_source == "ssl" and [n.name for n in on_images.networks] == ["classifier", "ssl"]
+    from osal_ray.strategies.mqnet import MQNetParams
+
+    assert MQNetParams.legacy()["purity_source"] == "ssl"  # a run saved before the key trained its encoder
+
+
+@pytest.mark.parametrize("settings, field, words", [
+    ({**PIXELS, "strategy_params": {"mqnet": {"purity_source": "ssl"}}}, "model.classifier", "simclr"),  # images needed
+    ({"strategy_params": {"mqnet": {"purity_source": "features"}}}, "strategy_params.mqnet", "features.extractor"),
+    ({"strategy_params": {"mqnet": {"purity_source": "clip"}}}, "strategy_params.mqnet.purity_source", "ssl or features"),
+])
+def test_an_mqnet_purity_that_cannot_work_is_refused(settings, field, words, digits_config, tmp_path):
+    with pytest.raises(InputError, match=words) as raised:
+        prepare_experiment(digits_config(tmp_path / "out", strategies=["mqnet"], **settings), **QUIET)
+    assert raised.value.field == field
 
 
 @pytest.mark.ray

@@ -45,9 +45,9 @@ class SimCLRFeatureParams(Params):
     NT-Xent's; ``seed``: the encoder's initialisation, views and shuffles."""
 
     model: str = "cnn"
-    model_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 32, "embedding": 256})
+    model_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 16, "embedding": 256})
     projection_dim: int = 128
-    epochs: int = 12
+    epochs: int = 30
     batch_size: int = 256
     lr: float = 0.1
     lr_decay_at: float = 0.75

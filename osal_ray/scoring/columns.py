@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 import torch
 
+from osal_ray.data.vector_store import FEATURES
 from osal_ray.models.base import NetworkOutput
 from osal_ray.registry import Registry
 
@@ -147,3 +148,9 @@ def _ova_closed_entropy(inputs: ColumnInputs) -> torch.Tensor:
 @register_column("ssl_embedding", "the self-supervised encoder's L2-normalised projection, (N, D)", network="ssl")
 def _ssl_embedding(inputs: ColumnInputs) -> torch.Tensor:
     return inputs.outputs["ssl"].extras["projection"]
+
+
+@register_column("features_embedding", "the frozen features column (features.extractor), L2-normalised, (N, D)",
+                 reads=(FEATURES,))
+def _features_embedding(inputs: ColumnInputs) -> torch.Tensor:
+    return torch.nn.functional.normalize(inputs.stored[FEATURES].float(), dim=1)
