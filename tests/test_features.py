@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from osal_ray.config import ClipConfig
 from osal_ray.data import build_split, load_dataset, materialize_pool
 from osal_ray.data.pool import decode_vectors, pool_paths, read_table
 from osal_ray.errors import InputError

@@ -47,7 +47,7 @@ class SimCLRFeatureParams(Params):
     model: str = "cnn"
     model_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 16, "embedding": 256})
     projection_dim: int = 128
-    epochs: int = 30
+    epochs: int = 8
     batch_size: int = 256
     lr: float = 0.1
     lr_decay_at: float = 0.75
