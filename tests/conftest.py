@@ -94,7 +94,7 @@ def synthetic_column(name: str, n: int, k: int, rng: np.random.Generator) -> np.
         return rng.uniform(0.0, 1.0, n).astype(np.float32)
     if name in ("clip_cos_yes", "clip_cos_no", "clip_cos_visual"):
         return rng.uniform(-0.1, 0.4, (n, k)).astype(np.float32)
-    if name == "ssl_embedding":
+    if name in ("ssl_embedding", "features_embedding"):
         z = rng.normal(size=(n, 12))
         return (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)
     if name == "det_energy":  # low (known) and high (unknown) energy groups

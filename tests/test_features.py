@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from osal_ray.config import ClipConfig
 from osal_ray.data import build_split, load_dataset, materialize_pool
 from osal_ray.data.pool import decode_vectors, pool_paths, read_table
 from osal_ray.errors import InputError
@@ -19,9 +18,12 @@ from osal_ray.validation import validate_config
 
 QUIET = dict(log=lambda _: None)
 PIXELS = {"features.extractor": "pixels", "features.params": {"components": 16}, "model.classifier": "linear"}
-# Strategies that need more than a head on features: VLPure reads CLIP's text towers (its own test), MQNet
-# trains a SimCLR encoder on the images (refused with a clear error, below).
-NOT_ON_HEADS = {"vlpure", "mqnet"}
+# A simclr recipe that trains in seconds on digits (8x8).
+TINY_SIMCLR = {"model_kwargs": {"width": 8, "embedding": 24}, "projection_dim": 16, "epochs": 2, "batch_size": 128}
+SIMCLR = {"features.extractor": "simclr", "features.params": TINY_SIMCLR, "model.classifier": "linear"}
+# Strategies that need more than a head on features: VLPure reads CLIP's text towers (its own test). MQNet's
+# purity reads the frozen features there (no SimCLR encoder per run).
+NOT_ON_HEADS = {"vlpure"}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def _features(manifest) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_every_extractor_is_tested():
-    assert set(EXTRACTORS.names()) == {"pixels", "clip"}
+    assert set(EXTRACTORS.names()) == {"pixels", "clip", "simclr"}
 
 
 @pytest.mark.ray
@@ -60,13 +62,15 @@ def test_extractor_on_digits(name, ray_session, digits_config, tiny_clip, tmp_pa
     settings = {"features.extractor": name, "model.classifier": "linear"}
     if name == "clip":
         settings["clip"] = tiny_clip
+    if name == "simclr":
+        settings["features.params"] = TINY_SIMCLR
     config = digits_config(tmp_path / "out", **settings)
     validate_config(config)
     manifest = _pool(config, tmp_path)
     featured = ensure_features(manifest, config)
     ids, vectors = _features(featured)
     assert len(ids) == manifest.num_pool and np.isfinite(vectors).all()
-    assert vectors.shape[1] == {"pixels": 64, "clip": TINY_DIM}[name]
+    assert vectors.shape[1] == {"pixels": 64, "clip": TINY_DIM, "simclr": 24}[name]
     test = read_table([f"{featured.directory}/{featured.test_file}"], ["features"])
     assert test.num_rows == manifest.num_test
     assert ensure_features(manifest, config).directory == featured.directory  # stored once, found again
@@ -131,9 +135,28 @@ def test_a_features_setting_that_cannot_work_is_refused(settings, field, digits_
     assert raised.value.field == field
 
 
-def test_mqnet_on_features_is_refused_naming_its_encoder(digits_config, tmp_path):
-    with pytest.raises(InputError, match="simclr"):
-        prepare_experiment(digits_config(tmp_path / "out", strategies=["mqnet"], **PIXELS), **QUIET)
+def test_mqnet_purity_reads_the_features_on_features_and_its_encoder_otherwise(digits_config, tmp_path):
+    from osal_ray.experiment.plan import plan_strategy
+
+    on_features = plan_strategy(digits_config(tmp_path / "out", strategies=["mqnet"], **PIXELS), "mqnet")
+    assert on_features.params.purity_source == "features" and "features_embedding" in on_features.columns
+    assert [n.name for n in on_features.networks] == ["classifier"] and on_features.stored_columns == {"features"}
+    on_images = plan_strategy(digits_config(tmp_path / "out", strategies=["mqnet"]), "mqnet")
+    assert on_images.params.purity_source == "ssl" and [n.name for n in on_images.networks] == ["classifier", "ssl"]
+    from osal_ray.strategies.mqnet import MQNetParams
+
+    assert MQNetParams.legacy()["purity_source"] == "ssl"  # a run saved before the key trained its encoder
+
+
+@pytest.mark.parametrize("settings, field, words", [
+    ({**PIXELS, "strategy_params": {"mqnet": {"purity_source": "ssl"}}}, "model.classifier", "simclr"),  # images needed
+    ({"strategy_params": {"mqnet": {"purity_source": "features"}}}, "strategy_params.mqnet", "features.extractor"),
+    ({"strategy_params": {"mqnet": {"purity_source": "clip"}}}, "strategy_params.mqnet.purity_source", "ssl or features"),
+])
+def test_an_mqnet_purity_that_cannot_work_is_refused(settings, field, words, digits_config, tmp_path):
+    with pytest.raises(InputError, match=words) as raised:
+        prepare_experiment(digits_config(tmp_path / "out", strategies=["mqnet"], **settings), **QUIET)
+    assert raised.value.field == field
 
 
 @pytest.mark.ray

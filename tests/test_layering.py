@@ -103,8 +103,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("params", "cluster"),
     ("clip",),
     ("data",),
-    ("models", "features"),
+    ("models",),
     ("training",),
+    ("features",),  # the simclr extractor trains its encoder (training)
     ("strategies",),
     ("scoring", "annotation"),
     ("validation",),

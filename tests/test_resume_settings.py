@@ -191,3 +191,20 @@ def test_every_parameter_missing_from_the_first_saved_states_declares_its_legacy
         params = plan_strategy(config, path.stem).params
         missing = set(params.names()) - set(saved)
         assert missing <= set(type(params).legacy()), f"{path.stem}: {missing - set(type(params).legacy())} lack a legacy value"
+
+
+def test_the_mqnet_state_saved_before_purity_source_resumes_with_its_encoder(tmp_path, monkeypatch):
+    """MQNet learned to read frozen features (``purity_source``); a run saved before keeps its SimCLR encoder."""
+    import json
+    import shutil
+
+    from osal_ray.experiment.state import resumed_plan
+
+    monkeypatch.chdir(V0_STATES.parents[2])
+    config = load_config(None, json.loads((V0_STATES / "overrides.json").read_text()))
+    location = str(tmp_path / "state.json")
+    shutil.copy(V0_STATES / "mqnet.json", location)
+    state = open_run_state(location, config, "mqnet", 0)
+    plan = resumed_plan(config, plan_strategy(config, "mqnet"), state)
+    assert plan.params.purity_source == "ssl" and "ssl" in [n.name for n in plan.networks]
+    assert state.settings["params"]["purity_source"] == "ssl"

@@ -14,6 +14,7 @@ from typing import Any, Literal, Mapping
 
 from osal_ray.config import ExperimentConfig
 from osal_ray.data.vector_store import FEATURES
+from osal_ray.errors import InputError
 from osal_ray.experiment.networks import network_recipes
 from osal_ray.models import model_input
 from osal_ray.params import Params
@@ -61,6 +62,10 @@ def plan_strategy(config: ExperimentConfig, name: str, params: Mapping[str, Any]
     strategy = get_strategy(name)
     params = strategy.resolve_params(strategy.params_from(config) if params is None else params)
     columns = strategy.required_columns(params)
+    if FEATURES in stored_columns_for(columns) and config.features.extractor is None:
+        reading = ", ".join(c for c in columns if FEATURES in stored_columns_for([c]))
+        raise InputError(f"strategy_params.{name}", f"{name}'s score columns {reading} read frozen features: set "
+                                                    "features.extractor (e.g. pixels or simclr), or its parameters that ask for them")
     networks = network_recipes(config, name, networks_for(columns), strategy.network_options(params))
     stored = stored_columns_for(columns) | {model_input(n.model) for n in networks}
     return StrategyPlan(strategy, params, columns, frozenset(stored - {"image"}), frozenset(context_for(columns)), networks)

@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 import torch
 
+from osal_ray.data.vector_store import FEATURES
 from osal_ray.models.base import NetworkOutput
 from osal_ray.registry import Registry
 
@@ -178,3 +179,9 @@ def _det_unknown_prob(inputs: ColumnInputs) -> torch.Tensor:
 @register_column("neg_probs", "BUAL: softmax class probabilities of the negative-learning network, (N, K)", network="negative")
 def _neg_probs(inputs: ColumnInputs) -> torch.Tensor:
     return torch.softmax(inputs.outputs["negative"].logits, dim=1)
+
+
+@register_column("features_embedding", "the frozen features column (features.extractor), L2-normalised, (N, D)",
+                 reads=(FEATURES,))
+def _features_embedding(inputs: ColumnInputs) -> torch.Tensor:
+    return torch.nn.functional.normalize(inputs.stored[FEATURES].float(), dim=1)

@@ -5,7 +5,10 @@
   (NT-Xent on two augmented views, trained once on the whole pool in round 0 with Ray Train).
   Simplification: CSI adds shifted-instance (rotation) positives and a shift classifier, which
   quadruples every batch; the purity mechanism, max similarity to the labeled known features,
-  is the same, and SimCLR is what runs in minutes on a CPU.
+  is the same, and SimCLR is what runs in minutes on a CPU. On frozen features
+  (``features.extractor``; ``purity_source: features``, the default there) the representation is
+  the stored ``features`` column itself, L2-normalised (with the ``simclr`` extractor, a SimCLR
+  encoder trained once per job on the pool), and no encoder is trained per run.
 - Informativeness: 1 - max softmax of the classifier (``conf``) or a learning-loss
   prediction (``ll``, the classifier then carries a loss-prediction module).
 - Both are standardised as exp(z-score) over the set being scored.
@@ -24,11 +27,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
-from osal_ray.params import positive_int, refuse
+from osal_ray.params import added_later, positive_int, refuse
 from osal_ray.strategies.base import NetworkOptions, PoolScores, QueryContext, Selection, register_strategy, top_k
 from osal_ray.strategies.learning_loss import loss_prediction_network
 from osal_ray.training.objective_params import LossPredictionParams
@@ -37,10 +40,13 @@ from osal_ray.training.objective_params import LossPredictionParams
 @dataclass(frozen=True)
 class MQNetParams(LossPredictionParams):
     """MQNet: informativeness (``conf`` or ``ll``, with the learning-loss fields it inherits), the
-    SimCLR encoder (epochs, temperature, batch size, projection size) and the meta-network
-    (hidden units, epochs, Adam learning rate, batch size)."""
+    purity representation (``purity_source``: ``ssl``, a SimCLR encoder trained on the images in round 0;
+    ``features``, the job's frozen features; a job with ``features.extractor`` defaults to the latter),
+    the SimCLR encoder (epochs, temperature, batch size, projection size; ``ssl`` only) and the
+    meta-network (hidden units, epochs, Adam learning rate, batch size)."""
 
     informativeness: str = "conf"
+    purity_source: str = added_later("ssl", legacy="ssl")  # saved runs trained the SimCLR encoder
     ssl_epochs: int = 20
     ssl_temperature: float = 0.5
     ssl_batch_size: int = 256
@@ -53,6 +59,8 @@ class MQNetParams(LossPredictionParams):
     def check(self, where: str) -> None:
         if self.informativeness not in ("conf", "ll"):
             refuse(where, "informativeness", "must be conf or ll")
+        if self.purity_source not in PURITY_COLUMNS:
+            refuse(where, "purity_source", f"must be {' or '.join(PURITY_COLUMNS)}")
         for key in ("ssl_epochs", "ssl_batch_size", "projection_dim", "meta_hidden", "meta_epochs", "meta_batch_size"):
             if not positive_int(getattr(self, key)):
                 refuse(where, key, "must be a positive integer")
@@ -64,21 +72,25 @@ class MQNetParams(LossPredictionParams):
         super().check(where)
 
 
+# The purity representation's score column per ``purity_source``.
+PURITY_COLUMNS = {"ssl": "ssl_embedding", "features": "features_embedding"}
+
+
 def _columns(params: MQNetParams) -> tuple[str, ...]:
     extra = ("predicted_loss",) if params.informativeness == "ll" else ()
-    return ("ssl_embedding", "probs") + extra
+    return (PURITY_COLUMNS[params.purity_source], "probs") + extra
 
 
 def _networks(params: MQNetParams) -> dict[str, NetworkOptions]:
-    networks = {
-        "ssl": NetworkOptions(
+    networks = {}
+    if params.purity_source == "ssl":
+        networks["ssl"] = NetworkOptions(
             head="projection",
             head_kwargs={"dim": params.projection_dim},
             objective="simclr",
             objective_params={"temperature": params.ssl_temperature},
             train_overrides={"epochs": params.ssl_epochs, "batch_size": params.ssl_batch_size, "augment": False},
         )
-    }
     if params.informativeness == "ll":
         networks["classifier"] = loss_prediction_network(params)
     return networks
@@ -162,14 +174,21 @@ class MetaNetwork:
         return {k: v.detach().numpy().copy() for k, v in self.params.items()}
 
 
-@register_strategy("mqnet", columns=_columns, needs_labeled=True, params=MQNetParams, networks=_networks)
+def _job_defaults(config: Any) -> dict[str, Any]:
+    """On frozen features, purity reads them (there is no image network to train an encoder beside)."""
+    return {"purity_source": "features" if config.features.extractor is not None else "ssl"}
+
+
+@register_strategy("mqnet", columns=_columns, needs_labeled=True, params=MQNetParams, networks=_networks,
+                   job_defaults=_job_defaults)
 def mqnet(pool: PoolScores, budget: int, context: QueryContext) -> Selection:
-    """MQNet: a monotone meta-network over standardised purity (SimCLR features) and informativeness (CONF or LL)."""
+    """MQNet: a monotone meta-network over standardised purity (SimCLR or frozen features) and informativeness (CONF or LL)."""
     params = context.params
     labeled = context.labeled
+    column = PURITY_COLUMNS[params.purity_source]
     known_rows = np.flatnonzero(labeled.labels >= 0) if labeled is not None else np.empty(0, dtype=np.int64)
-    references = np.asarray(labeled.scores["ssl_embedding"], dtype=np.float64)[known_rows] if labeled is not None else np.empty((0, 0))
-    purity = max_similarity(np.asarray(pool["ssl_embedding"], dtype=np.float64), references)
+    references = np.asarray(labeled.scores[column], dtype=np.float64)[known_rows] if labeled is not None else np.empty((0, 0))
+    purity = max_similarity(np.asarray(pool[column], dtype=np.float64), references)
     informativeness = _informativeness(pool, params.informativeness)
 
     carry: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in context.carry.items()}
