@@ -178,6 +178,7 @@ def summarize(spec: dict, output_dir: Path, results: Path) -> None:
         plot_curves(rounds[rounds.budget == budget], list(spec["settings"]), results / f"curves_{budget}.png", roles)
     pd.concat(penalties, ignore_index=True).to_csv(results / "penalty.csv", index=False)
     (results / "table.md").write_text(markdown(spec, table, output_dir))
+    (results / "headline.md").write_text(headline(table))
     print((results / "table.md").read_text())
 
 
@@ -209,6 +210,25 @@ def markdown(spec: dict, table: pd.DataFrame, output_dir: Path) -> str:
                 + f"{_num(row['class_balance'], '.3f')} | {_num(row['select_seconds'], '.3f')} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def headline(table: pd.DataFrame) -> str:
+    """One row per cell: the ceiling, the floor, the three best methods by AUBC (gap closed, paired
+    difference to random, Holm-corrected p) and the method with the highest final recall."""
+    lines = ["| setting | budget | ceiling | random | best three methods: AUBC (gap closed; vs random [95% CI], Holm p) | most knowns: final recall (AUBC) |",
+             "| --- | --- | ---: | ---: | --- | --- |"]
+    for (budget, setting), cell in table.groupby(["budget", "setting"], sort=False):
+        methods = cell[cell.role == "method"].sort_values("aubc", ascending=False)
+        ceiling = cell[cell.role == "ceiling"].aubc
+        floor = cell[cell.strategy == FLOOR].aubc
+        best = "; ".join(
+            f"{r['strategy']} {r['aubc']:.4f} ({_num(r['gap_closed'], '+.2f')}; " + (_pair(r, 'vs_random') if r['strategy'] != FLOOR else "floor") + ")"
+            for r in methods.head(3).to_dict("records"))
+        most = methods.sort_values("final_recall", ascending=False).iloc[0]
+        lines.append(f"| {setting} | {budget} | {_num(float(ceiling.iloc[0]) if len(ceiling) else math.nan, '.4f')} | "
+                     f"{_num(float(floor.iloc[0]) if len(floor) else math.nan, '.4f')} | {best} | "
+                     f"{most['strategy']} {most['final_recall']:.3f} ({most['aubc']:.4f}) |")
+    return "\n".join(lines) + "\n"
 
 
 def _pair(row: dict, label: str) -> str:
