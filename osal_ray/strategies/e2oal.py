@@ -19,8 +19,8 @@ column when the classifier reads cached features, ``features:``) or else on its 
 Against the reference code: its "JS divergence" is 0.5 (KL(m || p) + KL(m || q)) (``F.kl_div``'s
 argument order), not 0.5 (KL(p || m) + KL(q || m)); the selection follows the code. The number of
 pseudo-classes is a parameter here (``pseudo_classes``), where the reference searches it (ternary
-search over k-means F1 against the labels, on CLIP features); the open head is trained with
-cross-entropy, where the reference uses an evidential (EDL) loss.
+search over k-means F1 against the labels, on CLIP features); the open head is trained with the
+reference's evidential (EDL) loss by default (``open_loss``).
 """
 
 from __future__ import annotations
