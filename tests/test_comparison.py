@@ -158,3 +158,4 @@ def test_the_powered_benchmark_runs_and_writes_its_tables(ray_session, tmp_path)
     assert len(pd.read_csv(results / "pairs.csv")) == 2  # one pair, AUBC and recall
     assert (results / "penalty_low.png").stat().st_size > 0 and (results / "curves_low.png").stat().st_size > 0
     assert "## k2, budget low" in (results / "table.md").read_text()
+    assert "| k2 | low |" in (results / "headline.md").read_text()
