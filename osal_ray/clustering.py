@@ -33,12 +33,32 @@ def finch_partition_at_most(features: np.ndarray, limit: int) -> np.ndarray:
     return _relabel(partitions[:, level])
 
 
+# finch-clust computes first neighbours exactly up to this many samples (an n x n matrix) and needs an
+# optional ANN package above it; above it the exact first neighbours are computed here, in chunks.
+EXACT_LIMIT = 20_000
+
+
 def _finch(features: np.ndarray, requested: int | None = None):
+    data = np.asarray(features, dtype=np.float32)
+    # Above the limit finch-clust applies no early-exit distance (as on its ANN paths); the neighbours are exact.
+    initial = first_neighbours(data) if len(data) > EXACT_LIMIT else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # finch-clust warns that the optional pynndescent is absent
         from finch import FINCH
 
-        return FINCH(np.asarray(features, dtype=np.float32), req_clust=requested, verbose=False)
+        return FINCH(data, req_clust=requested, initial_rank=initial, ann_threshold=EXACT_LIMIT, verbose=False)
+
+
+def first_neighbours(features: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Each row's nearest other row by cosine distance (the first index on a tie), in row chunks."""
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    nearest = np.empty(len(unit), dtype=np.int32)
+    for start in range(0, len(unit), chunk):
+        similarity = unit[start:start + chunk] @ unit.T
+        rows = np.arange(len(similarity))
+        similarity[rows, start + rows] = -np.inf
+        nearest[start:start + chunk] = np.argmax(similarity, axis=1)
+    return nearest
 
 
 def _relabel(labels: np.ndarray) -> np.ndarray:

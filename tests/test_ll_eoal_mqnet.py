@@ -302,3 +302,24 @@ def test_two_round_run_on_digits(ray_session, digits_config, tmp_path, strategy,
         assert sum("-ssl-" in r for r in runs) == 1  # the encoder is trained once, in round 0
     queries = pd.read_parquet(out / "queries.parquet")
     assert len(queries) == 20 and queries["id"].is_unique
+
+
+def test_first_neighbours_are_the_exact_cosine_nearest():
+    from sklearn.metrics import pairwise_distances
+
+    from osal_ray.clustering import first_neighbours
+
+    x = np.random.default_rng(0).normal(size=(700, 8)).astype(np.float32)
+    distances = pairwise_distances(x, x, metric="cosine")
+    np.fill_diagonal(distances, np.inf)
+    assert np.array_equal(first_neighbours(x, chunk=128), distances.argmin(axis=1))
+
+
+def test_finch_above_the_exact_limit_uses_our_neighbours(monkeypatch):
+    """EOAL's FINCH on more candidates than finch-clust computes exactly (it asked for an ANN package)."""
+    from osal_ray import clustering
+
+    x = np.concatenate([np.random.default_rng(1).normal(c, 0.1, size=(200, 4)) for c in (-3, 0, 3)]).astype(np.float32)
+    monkeypatch.setattr(clustering, "EXACT_LIMIT", 300)  # level 0 (600 samples) here, its centroids exactly
+    labels = clustering.finch_partition_at_most(x, 5)
+    assert len(labels) == 600 and labels.max() < 5
