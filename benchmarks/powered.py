@@ -81,10 +81,13 @@ def reference_roles(spec: dict) -> dict[str, str]:
 # ---- summary ---------------------------------------------------------------------------------------
 
 
-def per_seed(summary: dict, metric: str) -> dict[str, dict[int, float]]:
-    """strategy -> seed -> metric (NaN where missing) from a cell's summary.json."""
-    return {s: {int(seed): (math.nan if run.get(metric) is None else float(run[metric])) for seed, run in runs.items()}
-            for s, runs in summary["runs"].items()}
+def per_seed(summary: dict, metric: str, rounds: int) -> dict[str, dict[int, float]]:
+    """strategy -> seed -> metric (NaN where missing) from a cell's summary.json, for the trajectories
+    that finished all ``rounds`` (one that failed or was stopped on the way is left out)."""
+    values = {s: {int(seed): (math.nan if run.get(metric) is None else float(run[metric]))
+                  for seed, run in runs.items() if run.get("rounds") == rounds}
+              for s, runs in summary["runs"].items()}
+    return {s: v for s, v in values.items() if v}
 
 
 def queried_balance(queries: pd.DataFrame) -> dict[str, float]:
@@ -102,9 +105,13 @@ def cell_rows(regime: str, setting: str, budget: str, folder: Path, roles: dict[
               ) -> tuple[list[dict], list[dict], dict[tuple[str, str], PairedDifference], pd.DataFrame]:
     """A finished cell's table rows, its pairs, its AUBC comparisons (methods only) and its rounds."""
     summary = json.loads((folder / "summary.json").read_text())
-    values = {metric: per_seed(summary, metric) for metric in METRICS}
+    planned = int(yaml.safe_load((folder / "config.yaml").read_text())["al"]["rounds"])
+    values = {metric: per_seed(summary, metric, planned) for metric in METRICS}
     rounds = pd.read_parquet(folder / "rounds.parquet")
+    finished = {(s, seed) for s, seeds in values["aubc"].items() for seed in seeds}
+    rounds = rounds[[key in finished for key in zip(rounds.strategy, rounds.seed)]]
     queries = pd.read_parquet(folder / "queries.parquet", columns=["strategy", "seed", "label", "known"])
+    queries = queries[[key in finished for key in zip(queries.strategy, queries.seed)]]
     balance = queried_balance(queries)
     select_seconds = rounds[rounds["round"] > 0].groupby("strategy")["seconds_select"].median().to_dict()
     methods = [s for s in values["aubc"] if s not in roles]
