@@ -36,8 +36,3 @@ def score_inline(manifest: PoolManifest, stored: frozenset[str], checkpoints: Ma
                                           threads=torch.get_num_threads())
     part = scorer.score(dict(checkpoints), list(columns), {k: np.asarray(v) for k, v in context.items()}, batch_size)
     return gather_scores([part], columns)
-
-
-def release_inline_pool() -> None:
-    """Forget the pool this process holds (the end of a trajectory task)."""
-    _HELD.clear()
