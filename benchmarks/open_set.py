@@ -90,16 +90,9 @@ def main_a_multiple(config_file: Path) -> float | None:
 
 def t_interval(differences: np.ndarray) -> tuple[float, float, float]:
     """Mean and 95% t-interval of paired differences (NaN bounds with fewer than 2)."""
-    from scipy import stats
+    from osal_ray.experiment.comparison import mean_interval
 
-    values = differences[np.isfinite(differences)]
-    if len(values) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
-    return mean, mean - half, mean + half
+    return mean_interval(differences)
 
 
 def per_seed(summary: dict) -> dict[str, dict[int, dict[str, float]]]:

@@ -52,17 +52,28 @@ def paired_difference(a: str, b: str, values_a: Mapping[int, float], values_b: M
     seeds = sorted(s for s in set(values_a) & set(values_b)
                    if math.isfinite(values_a[s]) and math.isfinite(values_b[s]))
     diff = np.array([values_a[s] - values_b[s] for s in seeds], dtype=float)
-    if len(diff) == 0:
-        return PairedDifference(a, b, 0, math.nan, math.nan, math.nan, math.nan, math.nan)
-    mean = float(diff.mean())
+    mean, low, high = mean_interval(diff)
     if len(diff) < 2:
-        return PairedDifference(a, b, len(diff), mean, math.nan, math.nan, math.nan, math.nan)
-    spread = float(diff.std(ddof=1))
-    half = float(stats.t.ppf(0.975, len(diff) - 1) * spread / math.sqrt(len(diff)))
+        return PairedDifference(a, b, len(diff), mean, low, high, math.nan, math.nan)
     # The t statistic is undefined without spread: a constant shift is certain, no difference is none.
-    t_p = float(stats.ttest_1samp(diff, 0.0).pvalue) if spread > 0 else (1.0 if mean == 0.0 else 0.0)
+    t_p = float(stats.ttest_1samp(diff, 0.0).pvalue) if diff.std(ddof=1) > 0 else (1.0 if mean == 0.0 else 0.0)
     w_p = float(stats.wilcoxon(diff).pvalue) if np.any(diff) else 1.0
-    return PairedDifference(a, b, len(diff), mean, mean - half, mean + half, t_p, w_p)
+    return PairedDifference(a, b, len(diff), mean, low, high, t_p, w_p)
+
+
+def mean_interval(differences: np.ndarray) -> tuple[float, float, float]:
+    """Mean and 95% t-interval of the finite paired differences (NaN bounds with fewer than 2, all NaN with none)."""
+    from scipy import stats
+
+    values = np.asarray(differences, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+    return mean, mean - half, mean + half
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:

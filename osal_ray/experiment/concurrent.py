@@ -5,9 +5,9 @@ The task builds the trajectory's ``RunContext`` itself; what the driver's callab
 driver drains while it waits. The driver prints each finished round as one table row, rewrites
 the tables, and records a trajectory that raised as failed while the others run on.
 
-Results are those of a sequential run: a trajectory seeds everything from its own state, its
-training runs with the driver's number of torch threads (``execution.torch_threads``; floating-point
-sums depend on it), and its scoring actors set their own.
+Results are those of a sequential run: a trajectory seeds everything from its own state, computes
+with the torch threads its state recorded (``execution.torch_threads``; floating-point sums depend on
+it; ``run_trajectory`` sets them), and its scoring actors set their own.
 """
 
 from __future__ import annotations
@@ -78,16 +78,14 @@ class _Relay:
         return events
 
 
-def _run_job(job: TrajectoryJob, state: RunState | None, relay: Any, torch_threads: int) -> RunState:
+def _run_job(job: TrajectoryJob, state: RunState | None, relay: Any) -> RunState:
     """The body of a trajectory's Ray task."""
     import ray
-    import torch
 
     from osal_ray.cluster import configure_ray_data
     from osal_ray.experiment.trajectory import run_trajectory
     from osal_ray.scoring.resident import release_resident_scorers
 
-    torch.set_num_threads(torch_threads)
     configure_ray_data()
 
     def send(event: tuple) -> None:
@@ -119,11 +117,9 @@ def run_concurrently(jobs: list[TrajectoryJob], states: dict[tuple[str, int], Ru
     A KeyboardInterrupt cancels the running tasks (they resume after their last finished round).
     """
     import ray
-    import torch
 
     relay = ray.remote(num_cpus=0)(_Relay).remote()
     task = ray.remote(_run_job).options(num_cpus=jobs[0].config.execution.cpus_per_trajectory, max_retries=0)
-    threads = jobs[0].config.execution.torch_threads or torch.get_num_threads()
     waiting = list(jobs)
     running: dict[Any, TrajectoryJob] = {}
     failed: dict[tuple[str, int], BaseException] = {}
@@ -141,7 +137,7 @@ def run_concurrently(jobs: list[TrajectoryJob], states: dict[tuple[str, int], Ru
         while waiting or running:
             while waiting and len(running) < limit:
                 job = waiting.pop(0)
-                running[task.remote(job, states.get(job.key), relay, threads)] = job
+                running[task.remote(job, states.get(job.key), relay)] = job
             ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
             dispatch()
             for ref in ready:
